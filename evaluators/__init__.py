@@ -1,0 +1,1 @@
+"""Evaluation gates, the model registry and promotion."""

@@ -1,0 +1,1 @@
+"""Feedback: end-user thumbs, reviewer ratings, corrections, comparisons, flags and the review queue."""

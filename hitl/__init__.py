@@ -1,0 +1,1 @@
+"""Composition root: assembles the domains into the web app and the `hitl` command."""

@@ -1,0 +1,3 @@
+from hitl.cli import app
+
+app()

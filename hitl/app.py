@@ -1,0 +1,78 @@
+"""The FastAPI application: every domain's router, the model backend and the embedded scheduler."""
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from core.auth import create_user
+from core.db import migrate, session_scope
+from core.models import Role, User
+from core.settings import Settings, get_settings
+from service import endpoints as service_endpoints
+from service import service
+from service.backends import Backend
+from service.tasks import follow_champion
+
+log = logging.getLogger("hitl")
+
+
+def make_backend(settings: Settings) -> Backend:
+    if settings.backend == "openai":
+        from service.backends.remote import RemoteBackend
+
+        return RemoteBackend(settings.remote_base_url, settings.remote_model or "default", settings.remote_api_key)
+    from service.backends.local import LocalBackend
+    from service.model_init import ensure_base_model
+
+    ensure_base_model(settings)
+    with session_scope() as session:
+        current = service.ensure_champion(session, settings)
+        spec = (current.base_path, current.version, current.adapter_path)
+    return LocalBackend(*spec[:2], adapter_path=spec[2], device=settings.device,
+                        max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms)
+
+
+def bootstrap_admin(settings: Settings) -> None:
+    """A fresh store gets one admin; its key goes to `data_dir/admin.key` (or is HITL_ADMIN_KEY)."""
+    with session_scope() as session:
+        if session.query(User).filter(User.role == Role.admin).first():
+            return
+        _user, key = create_user(session, name="admin", role=Role.admin, key=settings.admin_key)
+    if not settings.admin_key:
+        path = settings.data_dir / "admin.key"
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        log.warning("created admin key in %s", path)
+
+
+def create_app(backend: Backend | None = None) -> FastAPI:
+    """Build the app from `HITL_*` settings; tests may pass a ready backend."""
+    settings = get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(migrate, settings.db_url)
+        await asyncio.to_thread(bootstrap_admin, settings)
+        app.state.backend = backend or await asyncio.to_thread(make_backend, settings)
+        await app.state.backend.start()
+        watcher = asyncio.create_task(follow_champion(app.state.backend))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await app.state.backend.close()
+
+    app = FastAPI(
+        title="hitl",
+        version="0.1.0",
+        summary="Human-in-the-loop feedback and continuous improvement for chatbots.",
+        lifespan=lifespan,
+    )
+    app.include_router(service_endpoints.router)
+    return app

@@ -1,0 +1,55 @@
+"""The `hitl` command. Each domain contributes its own sub-commands."""
+
+import logging
+
+import typer
+
+from core.db import migrate, session_scope
+from core.models import Role
+from core.settings import get_settings
+from service import cli as service_cli
+
+app = typer.Typer(help="hitl: human-in-the-loop feedback and continuous improvement for chatbots.",
+                  no_args_is_help=True)
+app.add_typer(service_cli.app, name="model")
+
+users = typer.Typer(help="Manage API users and keys.", no_args_is_help=True)
+app.add_typer(users, name="users")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Bind address (default HITL_HOST)."),
+    port: int = typer.Option(None, help="Port (default HITL_PORT)."),
+) -> None:
+    """Run the API, the review UI and the embedded scheduler (prepares the base model on first run)."""
+    import uvicorn
+
+    from hitl.app import create_app
+
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.backend == "local":
+        from service.model_init import ensure_base_model
+
+        ensure_base_model(settings)
+    uvicorn.run(create_app(), host=host or settings.host, port=port or settings.port, log_level="info")
+
+
+@users.command("create")
+def users_create(
+    role: Role = typer.Option(..., help="admin, reviewer or service."),
+    name: str = typer.Option(..., help="Display name."),
+) -> None:
+    """Create a user; prints its API key on the last line (shown once)."""
+    from core.auth import create_user
+
+    migrate()
+    with session_scope() as session:
+        user, key = create_user(session, name=name, role=role)
+        typer.echo(f"created {user.role} '{user.name}' (id {user.id})")
+    typer.echo(key)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Retraining: dataset snapshots from feedback, TRL + PEFT training runs and their scheduler."""

@@ -1,0 +1,66 @@
+"""The interface every backend implements: stream events for one chat request."""
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    """First event of every stream: which model version is answering."""
+
+    model_version: str
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Last event of every stream: the whole reply and its statistics."""
+
+    text: str
+    model_version: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    mean_logprob: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+Event = Started | str | Generation
+
+
+class Backend(ABC):
+    """Yields `Started`, then text deltas (`str`), then one `Generation`."""
+
+    @abstractmethod
+    def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Event]: ...
+
+    @property
+    @abstractmethod
+    def version(self) -> str:
+        """The model version that a request arriving now would get."""
+
+    async def start(self) -> None:
+        """Load resources; called once before serving."""
+
+    async def close(self) -> None:
+        """Release resources."""
+
+    @abstractmethod
+    async def swap(self, base_path: str, version: str, adapter_path: str | None = None) -> None:
+        """Switch to another model version without failing requests in flight."""
+
+    async def complete(self, messages: list[dict], params: SamplingParams) -> Generation:
+        async for event in self.stream(messages, params):
+            if isinstance(event, Generation):
+                return event
+        raise RuntimeError("backend stream ended without a Generation")

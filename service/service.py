@@ -1,0 +1,93 @@
+"""Serving logic: the conversation log and the registry reads that serving needs. Only flushes."""
+
+from pathlib import Path
+
+from fastapi import HTTPException, status
+from sqlmodel import Session, col, select
+
+from core.models import utcnow
+from core.settings import Settings
+from service.backends import Generation, SamplingParams
+from service.models import Conversation, Message, ModelAlias, ModelVersion, VersionStatus
+
+BASE_VERSION = "base"
+
+
+def get_conversation(session: Session, conversation_id: str) -> Conversation:
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation '{conversation_id}' not found")
+    return conversation
+
+
+def conversation_messages(session: Session, conversation_id: str) -> list[Message]:
+    query = select(Message).where(Message.conversation_id == conversation_id).order_by(col(Message.position))
+    return list(session.exec(query))
+
+
+def log_exchange(
+    session: Session, *, conversation_id: str, is_new: bool, end_user: str | None, request_messages: list[dict],
+    reply_id: str, generation: Generation, latency_ms: float, params: SamplingParams,
+) -> Message:
+    """Store the request's new messages and the reply, stamped with the version that wrote it."""
+    if is_new:
+        session.add(Conversation(id=conversation_id, end_user=end_user))
+        stored: list[Message] = []
+    else:
+        conversation = get_conversation(session, conversation_id)
+        conversation.updated_at = utcnow()
+        stored = conversation_messages(session, conversation_id)
+    position = len(stored)
+    for message in new_messages(stored, request_messages):
+        session.add(Message(conversation_id=conversation_id, position=position, **message))
+        position += 1
+    reply = Message(
+        id=reply_id, conversation_id=conversation_id, position=position, role="assistant", content=generation.text,
+        model_version=generation.model_version, latency_ms=latency_ms, prompt_tokens=generation.prompt_tokens,
+        completion_tokens=generation.completion_tokens, mean_logprob=generation.mean_logprob,
+        finish_reason=generation.finish_reason,
+        params={"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens,
+                "stop": list(params.stop), "seed": params.seed},
+    )
+    session.add(reply)
+    session.flush()
+    return reply
+
+
+def new_messages(stored: list[Message], request: list[dict]) -> list[dict]:
+    """The request's messages not yet logged: everything after the stored prefix, or, when the
+    client trimmed or edited its history, the messages after its last assistant turn."""
+    stored_pairs = [(m.role, m.content) for m in stored]
+    request_pairs = [(m["role"], m["content"]) for m in request]
+    if request_pairs[: len(stored_pairs)] == stored_pairs:
+        return request[len(stored_pairs):]
+    last_assistant = max((i for i, m in enumerate(request) if m["role"] == "assistant"), default=-1)
+    return request[last_assistant + 1:]
+
+
+def champion(session: Session) -> ModelVersion | None:
+    alias = session.get(ModelAlias, "champion")
+    return session.get(ModelVersion, alias.version) if alias else None
+
+
+def aliases_by_version(session: Session) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for alias in session.exec(select(ModelAlias)):
+        found.setdefault(alias.version, []).append(alias.alias)
+    return found
+
+
+def ensure_champion(session: Session, settings: Settings) -> ModelVersion:
+    """On a fresh store, register the base checkpoint as version `base` and make it champion."""
+    current = champion(session)
+    if current is not None:
+        return current
+    base = session.get(ModelVersion, BASE_VERSION) or ModelVersion(
+        version=BASE_VERSION, base_path=str(Path(settings.base_model_path).resolve()),
+    )
+    base.status = VersionStatus.champion
+    session.add(base)
+    session.flush()
+    session.add(ModelAlias(alias="champion", version=BASE_VERSION))
+    session.flush()
+    return base
