@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(5.0, description="How long the batcher waits to fill a batch.")
     device: str | None = Field(None, description="torch device; default cuda when available, else cpu.")
 
+    log_format: Literal["text", "json"] = Field("text", description="`json` for one structured object per line.")
     scheduler_enabled: bool = Field(True, description="Run the retrain scheduler inside `hitl serve`.")
 
     @property

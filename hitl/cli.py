@@ -1,9 +1,8 @@
 """The `hitl` command. Each domain contributes its own sub-commands."""
 
-import logging
-
 import typer
 
+from core import logs
 from core.db import migrate, session_scope
 from core.models import Role
 from core.settings import get_settings
@@ -28,7 +27,7 @@ def serve(
     from hitl.app import create_app
 
     settings = get_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_format)
     if settings.backend == "local":
         from service.model_init import ensure_base_model
 
