@@ -39,6 +39,18 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="`json` for one structured object per line.")
     scheduler_enabled: bool = Field(True, description="Run the retrain scheduler inside `hitl serve`.")
 
+    review_rubric: list[str] = Field(["correctness", "helpfulness", "tone"], description="Rubric dimensions (Likert 1-5).")
+    review_guidelines: dict[str, str] = Field({
+        "correctness": "1 = wrong or made up, 3 = partly right, 5 = fully right and complete.",
+        "helpfulness": "1 = ignores the request, 3 = useful but incomplete, 5 = solves the user's need.",
+        "tone": "1 = rude or unsafe, 3 = acceptable, 5 = friendly, clear and concise.",
+    }, description="Guideline text per rubric dimension, shown to reviewers.")
+    review_lease_minutes: float = Field(10.0, description="How long a claimed review item stays held.")
+    review_k: int = Field(1, ge=1, description="Reviews each queued item needs (overlap k).")
+    review_calibration_rate: float = Field(0.05, ge=0, le=1, description="Share of other replies sampled into the queue.")
+    review_low_confidence: float = Field(-1.5, description="Mean token log-prob below which a reply is queued as low confidence.")
+    review_disagreement_threshold: float = Field(1.0, description="Score spread (max-min) above which an item goes to adjudication.")
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'hitl.db').resolve()}"
