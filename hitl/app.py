@@ -11,6 +11,7 @@ from core.auth import create_user
 from core.db import migrate, session_scope
 from core.models import Role, User
 from core.settings import Settings, get_settings
+from feedback import endpoints as feedback_endpoints
 from service import endpoints as service_endpoints
 from service import service
 from service.backends import Backend
@@ -75,4 +76,5 @@ def create_app(backend: Backend | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(service_endpoints.router)
+    app.include_router(feedback_endpoints.router)
     return app

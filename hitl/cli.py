@@ -6,11 +6,13 @@ from core import logs
 from core.db import migrate, session_scope
 from core.models import Role
 from core.settings import get_settings
+from feedback import cli as feedback_cli
 from service import cli as service_cli
 
 app = typer.Typer(help="hitl: human-in-the-loop feedback and continuous improvement for chatbots.",
                   no_args_is_help=True)
 app.add_typer(service_cli.app, name="model")
+app.add_typer(feedback_cli.app, name="review")
 
 users = typer.Typer(help="Manage API users and keys.", no_args_is_help=True)
 app.add_typer(users, name="users")

@@ -1,0 +1,259 @@
+"""Thin routes: end-user feedback, the reviewer workflow, agreement, audit log and privacy deletions.
+
+Every POST accepts `Idempotency-Key`. Reviewers act only on items they hold (others' items answer
+404); admins may act on any assistant reply. The acting user always comes from the API key.
+"""
+
+import asyncio
+import random
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from core.auth import AdminUser, ReviewerUser, ServiceUser
+from core.db import SessionDep
+from core.settings import Settings, get_settings
+from feedback import idempotency, quality, service
+from feedback.idempotency import IdempotencyKey
+from feedback.models import ReviewClaimStatus, ReviewItem
+from feedback.schemas import (
+    AdjudicationIn, AuditOut, AuditPage, CandidateOut, ClaimOut, ClaimStateOut, CommentIn, CommentOut, ComparisonIn,
+    ComparisonOut, CorrectionIn, CorrectionOut, DeletionOut, FeedbackIn, FlagIn, FlagOut, GoldIn, RatingIn,
+    RatingOut, RubricOut, SkipIn, ThumbsOut,
+)
+from service.backends import Backend, SamplingParams
+from service.models import MessagePublic
+
+router = APIRouter()
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ITEM = "/api/review/items/{message_id}"
+NOT_HELD = {404: {"description": "Unknown message, or an item not held by the caller"},
+            409: {"description": "The caller's lease expired"}}
+
+
+def _out(schema, row, **extra):
+    return schema.model_validate({**row.model_dump(), **extra})
+
+
+# ---------------------------------------------------------------------------------------------- end users
+
+
+@router.post("/v1/feedback", response_model=ThumbsOut, status_code=201, tags=["feedback"],
+             summary="End-user thumbs up/down with an optional comment (service key)",
+             responses={404: {"description": "Unknown message"}})
+def post_feedback(body: FeedbackIn, request: Request, session: SessionDep, user: ServiceUser,
+                  settings: SettingsDep, key: IdempotencyKey = None) -> Response:
+    def work():
+        row = service.record_thumbs(session, user, message_id=body.message_id, thumbs=body.thumbs,
+                                    comment=body.comment, settings=settings)
+        return _out(ThumbsOut, row)
+
+    return idempotency.run(session, user, key, request, body, work, status.HTTP_201_CREATED)
+
+
+# ---------------------------------------------------------------------------------------------- queue
+
+
+@router.get("/api/review/rubric", response_model=RubricOut, tags=["review"], summary="Rubric and guidelines")
+def rubric(_user: ReviewerUser, settings: SettingsDep) -> RubricOut:
+    return RubricOut(rubric=settings.review_rubric, guidelines=settings.review_guidelines,
+                     lease_minutes=settings.review_lease_minutes, reviews_per_item=settings.review_k)
+
+
+def _claim_out(session, message_id: str, lease_expires_at, settings: Settings) -> ClaimOut:
+    message = service.assistant_message(session, message_id)
+    item = session.get(ReviewItem, message_id)
+    return ClaimOut(
+        message_id=message.id, conversation_id=message.conversation_id,
+        conversation=[MessagePublic.model_validate(m, from_attributes=True)
+                      for m in service.context_of(session, message)],
+        lease_expires_at=lease_expires_at, reason=item.reason if item else None,
+        rubric=settings.review_rubric, guidelines=settings.review_guidelines,
+    )
+
+
+@router.post("/api/review/claim", response_model=ClaimOut, tags=["review"],
+             summary="Lease the next item of the queue (204 when empty); returns the held item if any",
+             responses={204: {"description": "The queue is empty"}})
+def claim(request: Request, session: SessionDep, user: ReviewerUser, settings: SettingsDep,
+          key: IdempotencyKey = None) -> Response:
+    def work():
+        row = service.claim(session, user, settings)
+        return None if row is None else _claim_out(session, row.message_id, row.lease_expires_at, settings)
+
+    return idempotency.run(session, user, key, request, None, work)
+
+
+@router.get(ITEM, response_model=ClaimOut, tags=["review"], responses=NOT_HELD,
+            summary="An item the caller holds (admins: any assistant reply)")
+def read_item(message_id: str, session: SessionDep, user: ReviewerUser, settings: SettingsDep) -> ClaimOut:
+    if user.role == "admin":
+        return _claim_out(session, message_id, None, settings)
+    held = service.held_claim(session, user, message_id)
+    return _claim_out(session, message_id, held.lease_expires_at, settings)
+
+
+def _finish(session, user, key, request, message_id: str, new_status: ReviewClaimStatus,
+            body: SkipIn | None = None) -> Response:
+    def work():
+        row = service.finish_claim(session, user, message_id, new_status, body.reason if body else None)
+        item = session.get(ReviewItem, message_id)
+        return ClaimStateOut(message_id=message_id, status=row.status, item_status=item.status.value if item else None)
+
+    return idempotency.run(session, user, key, request, body, work)
+
+
+@router.post(f"{ITEM}/release", response_model=ClaimStateOut, tags=["review"], responses=NOT_HELD,
+             summary="Give the held item back to the queue")
+def release(message_id: str, request: Request, session: SessionDep, user: ReviewerUser,
+            key: IdempotencyKey = None) -> Response:
+    return _finish(session, user, key, request, message_id, ReviewClaimStatus.released)
+
+
+@router.post(f"{ITEM}/skip", response_model=ClaimStateOut, tags=["review"], responses=NOT_HELD,
+             summary="Skip the held item (optional reason); another reviewer gets it")
+def skip(message_id: str, request: Request, session: SessionDep, user: ReviewerUser,
+         key: IdempotencyKey = None, body: SkipIn | None = None) -> Response:
+    return _finish(session, user, key, request, message_id, ReviewClaimStatus.skipped, body)
+
+
+@router.post(f"{ITEM}/submit", response_model=ClaimStateOut, tags=["review"], responses=NOT_HELD,
+             summary="Finish the review of the held item; it counts towards the item's k reviews")
+def submit(message_id: str, request: Request, session: SessionDep, user: ReviewerUser,
+           key: IdempotencyKey = None) -> Response:
+    return _finish(session, user, key, request, message_id, ReviewClaimStatus.submitted)
+
+
+# ---------------------------------------------------------------------------------------------- feedback on items
+
+
+@router.post(f"{ITEM}/rating", response_model=RatingOut, status_code=201, tags=["review"], responses=NOT_HELD,
+             summary="Rubric rating: Likert 1-5 per dimension")
+def post_rating(message_id: str, body: RatingIn, request: Request, session: SessionDep, user: ReviewerUser,
+                settings: SettingsDep, key: IdempotencyKey = None) -> Response:
+    return idempotency.run(session, user, key, request, body, lambda: _out(RatingOut, service.rate(
+        session, user, message_id, body.scores, body.comment, settings)), status.HTTP_201_CREATED)
+
+
+@router.post(f"{ITEM}/correction", response_model=CorrectionOut, status_code=201, tags=["review"],
+             responses=NOT_HELD, summary="The reviewer's edit of the reply (original and diff are kept)")
+def post_correction(message_id: str, body: CorrectionIn, request: Request, session: SessionDep, user: ReviewerUser,
+                    key: IdempotencyKey = None) -> Response:
+    return idempotency.run(session, user, key, request, body, lambda: _out(CorrectionOut, service.correct(
+        session, user, message_id, body.content)), status.HTTP_201_CREATED)
+
+
+@router.post(f"{ITEM}/flag", response_model=FlagOut, status_code=201, tags=["review"], responses=NOT_HELD,
+             summary="Tags such as unsafe, pii, off_topic")
+def post_flag(message_id: str, body: FlagIn, request: Request, session: SessionDep, user: ReviewerUser,
+              key: IdempotencyKey = None) -> Response:
+    return idempotency.run(session, user, key, request, body, lambda: _out(FlagOut, service.flag(
+        session, user, message_id, body.tags, body.comment)), status.HTTP_201_CREATED)
+
+
+@router.post(f"{ITEM}/comment", response_model=CommentOut, status_code=201, tags=["review"], responses=NOT_HELD,
+             summary="Free-text comment")
+def post_comment(message_id: str, body: CommentIn, request: Request, session: SessionDep, user: ReviewerUser,
+                 key: IdempotencyKey = None) -> Response:
+    return idempotency.run(session, user, key, request, body, lambda: _out(CommentOut, service.comment(
+        session, user, message_id, body.text)), status.HTTP_201_CREATED)
+
+
+@router.post(f"{ITEM}/comparison", response_model=ComparisonOut, status_code=201, tags=["review"],
+             responses=NOT_HELD, summary="Pairwise choice between two candidates of this item")
+def post_comparison(message_id: str, body: ComparisonIn, request: Request, session: SessionDep, user: ReviewerUser,
+                    key: IdempotencyKey = None) -> Response:
+    return idempotency.run(session, user, key, request, body, lambda: _out(ComparisonOut, service.compare(
+        session, user, message_id, body.candidate_a, body.candidate_b, body.choice)), status.HTTP_201_CREATED)
+
+
+@router.post(f"{ITEM}/candidates", response_model=list[CandidateOut], status_code=201, tags=["review"],
+             responses=NOT_HELD, summary="Generate two alternative replies from the serving model (different seeds)")
+async def post_candidates(message_id: str, request: Request, session: SessionDep, user: ReviewerUser,
+                          settings: SettingsDep, key: IdempotencyKey = None) -> Response:
+    fp = idempotency.fingerprint(request, None)
+    if key is not None:
+        stored = await run_in_threadpool(idempotency.lookup, session, user, key, fp)
+        if stored is not None:
+            return stored
+    context = await run_in_threadpool(service.candidate_context, session, user, message_id)
+    backend: Backend = request.app.state.backend
+    seeds = random.sample(range(1, 2**31 - 1), 2)
+    params = [SamplingParams(temperature=settings.temperature or 0.7, top_p=settings.top_p,
+                             max_tokens=settings.max_tokens, seed=seed) for seed in seeds]
+    # generated outside any transaction: no database lock is held while the model runs
+    generations = await asyncio.gather(*(backend.complete(context, p) for p in params))
+
+    def store() -> Response:
+        def work():
+            rows = service.store_candidates(session, user, message_id,
+                                            [(g.text, g.model_version, s) for g, s in zip(generations, seeds)])
+            return [CandidateOut(candidate_id=r.id, content=r.content, model_version=r.model_version, seed=r.seed)
+                    for r in rows]
+
+        return idempotency.run(session, user, key, request, None, work, status.HTTP_201_CREATED)
+
+    return await run_in_threadpool(store)
+
+
+# ---------------------------------------------------------------------------------------------- admin
+
+
+@router.get("/api/review/agreement", tags=["review admin"],
+            summary="Krippendorff's alpha per dimension, per-reviewer agreement and gold accuracy, adjudication queue")
+def agreement(session: SessionDep, _admin: AdminUser, settings: SettingsDep) -> dict:
+    return quality.agreement_report(session, settings)
+
+
+@router.get("/api/review/adjudication", tags=["review admin"], summary="Items whose reviewers disagree")
+def adjudication_queue(session: SessionDep, _admin: AdminUser, settings: SettingsDep) -> list[dict]:
+    ratings = quality.latest_ratings(session)
+    return quality.disagreements(session, ratings, settings.review_disagreement_threshold)
+
+
+@router.post("/api/review/adjudication/{message_id}", response_model=RatingOut, status_code=201,
+             tags=["review admin"], summary="Final scores for a disputed item (admin)")
+def adjudicate(message_id: str, body: AdjudicationIn, request: Request, session: SessionDep, admin: AdminUser,
+               settings: SettingsDep, key: IdempotencyKey = None) -> Response:
+    return idempotency.run(session, admin, key, request, body, lambda: _out(RatingOut, service.adjudicate(
+        session, admin, message_id, body.scores, body.comment, settings)), status.HTTP_201_CREATED)
+
+
+@router.post("/api/review/gold", tags=["review admin"], status_code=201,
+             summary="Mark a reply as a gold item with known scores; it is mixed into the queue")
+def post_gold(body: GoldIn, request: Request, session: SessionDep, admin: AdminUser, settings: SettingsDep,
+              key: IdempotencyKey = None) -> Response:
+    def work():
+        item = service.set_gold(session, admin, body.message_id, body.scores, settings)
+        return {"message_id": item.message_id, "gold_scores": item.gold_scores, "priority": item.priority}
+
+    return idempotency.run(session, admin, key, request, body, work, status.HTTP_201_CREATED)
+
+
+@router.get("/api/review/stats", tags=["review admin"], summary="Feedback and queue counts")
+def review_stats(session: SessionDep, _admin: AdminUser) -> dict:
+    return service.stats(session)
+
+
+@router.get("/api/audit", response_model=AuditPage, tags=["review admin"],
+            summary="The audit log of every write, oldest first (admin)")
+def audit_log(session: SessionDep, _admin: AdminUser, after_id: int = 0,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100, actor_id: int | None = None,
+              action: str | None = None, message_id: str | None = None) -> AuditPage:
+    rows = service.audit_page(session, after_id=after_id, limit=limit, actor_id=actor_id, action=action,
+                              message_id=message_id)
+    data = [AuditOut.model_validate(r.model_dump()) for r in rows]
+    return AuditPage(data=data, count=len(data), next_after_id=data[-1].id if len(data) == limit else None)
+
+
+@router.delete("/api/conversations/{conversation_id}", response_model=DeletionOut, tags=["privacy"],
+               summary="Delete a conversation, its messages and feedback; dataset builds exclude it forever")
+def delete_conversation(conversation_id: str, session: SessionDep, admin: AdminUser) -> DeletionOut:
+    return _out(DeletionOut, service.delete_conversation(session, admin, conversation_id))
+
+
+@router.delete("/api/end-users/{end_user}", response_model=DeletionOut, tags=["privacy"],
+               summary="Delete all conversations of an end user (the chat `user` field); excluded forever")
+def delete_end_user(end_user: str, session: SessionDep, admin: AdminUser) -> DeletionOut:
+    return _out(DeletionOut, service.delete_end_user(session, admin, end_user))

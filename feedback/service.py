@@ -1,0 +1,434 @@
+"""Feedback logic: thumbs, the review queue with leases, reviewer feedback, privacy deletions and
+the audit trail. Functions take `session` first and only flush; the request or job commits."""
+
+import difflib
+import math
+import random
+from datetime import timedelta
+from typing import Any
+
+from fastapi import HTTPException, status
+from sqlalchemy import delete, exists, func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from core.models import Role, User, utcnow
+from core.settings import Settings
+from feedback.models import (
+    AuditEvent, Candidate, Comment, Comparison, ComparisonChoice, Correction, Deletion, Flag, Rating,
+    ReviewClaim, ReviewClaimStatus, ReviewItem, ReviewItemStatus, Thumbs, ThumbsSource, ThumbsValue,
+)
+from service.models import Conversation, Message
+
+THUMBS_DOWN_PRIORITY = 0.5
+SYNC_BATCH = 5000
+
+
+# ---------------------------------------------------------------------------------------------- audit
+
+
+def audit(session: Session, actor: User | None, action: str, entity: str, entity_id: Any = None,
+          message_id: str | None = None, before: dict | None = None, after: dict | None = None) -> None:
+    """Record one write (who, what, when, before/after) in the same transaction as the write."""
+    session.add(AuditEvent(actor_id=actor.id if actor else None, action=action, entity=entity,
+                           entity_id=None if entity_id is None else str(entity_id), message_id=message_id,
+                           before=before, after=after))
+
+
+def snapshot(row: Any, exclude: tuple[str, ...] = ()) -> dict:
+    return row.model_dump(mode="json", exclude=set(exclude))
+
+
+def audit_page(session: Session, *, after_id: int = 0, limit: int = 100, actor_id: int | None = None,
+               action: str | None = None, message_id: str | None = None) -> list[AuditEvent]:
+    query = select(AuditEvent).where(AuditEvent.id > after_id)
+    if actor_id is not None:
+        query = query.where(AuditEvent.actor_id == actor_id)
+    if action:
+        query = query.where(AuditEvent.action == action)
+    if message_id:
+        query = query.where(AuditEvent.message_id == message_id)
+    return list(session.exec(query.order_by(col(AuditEvent.id)).limit(limit)))
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+
+def assistant_message(session: Session, message_id: str) -> Message:
+    message = session.get(Message, message_id)
+    if message is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"message '{message_id}' not found")
+    if message.role != "assistant":
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "feedback targets assistant replies only")
+    return message
+
+
+def context_of(session: Session, message: Message) -> list[Message]:
+    """The conversation up to and including `message`."""
+    query = (select(Message).where(Message.conversation_id == message.conversation_id,
+                                   Message.position <= message.position).order_by(col(Message.position)))
+    return list(session.exec(query))
+
+
+# ---------------------------------------------------------------------------------------------- thumbs
+
+
+def record_thumbs(session: Session, user: User, *, message_id: str, thumbs: ThumbsValue,
+                  comment: str | None, settings: Settings) -> Thumbs:
+    """End-user thumbs; a thumbs-down puts the reply at the front of the review queue."""
+    assistant_message(session, message_id)
+    row = Thumbs(message_id=message_id, thumbs=thumbs, comment=comment, source=ThumbsSource.end_user,
+                 user_id=user.id)
+    session.add(row)
+    session.flush()
+    audit(session, user, "thumbs.create", "thumbs", row.id, message_id, after=snapshot(row))
+    if thumbs == ThumbsValue.down:
+        enqueue(session, message_id, THUMBS_DOWN_PRIORITY, "thumbs_down", settings)
+    return row
+
+
+# ---------------------------------------------------------------------------------------------- queue
+
+
+def _insert(session: Session):
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def enqueue(session: Session, message_id: str, priority: float, reason: str, settings: Settings) -> None:
+    """Queue a message, or raise its priority if it is queued with a lower one (open items only)."""
+    now = utcnow()
+    session.execute(_insert(session)(ReviewItem).values(
+        message_id=message_id, priority=priority, reason=reason, required_reviews=settings.review_k,
+        status=ReviewItemStatus.open, created_at=now, updated_at=now,
+    ).on_conflict_do_nothing(index_elements=["message_id"]))
+    session.execute(update(ReviewItem).where(
+        ReviewItem.message_id == message_id, ReviewItem.status == ReviewItemStatus.open,
+        or_(col(ReviewItem.priority).is_(None), col(ReviewItem.priority) > priority),
+    ).values(priority=priority, reason=reason, updated_at=now))
+
+
+def queue_priority(mean_logprob: float | None, settings: Settings, rng: random.Random) -> tuple[float | None, str | None]:
+    """Low confidence first (least confident earliest), then a random calibration sample."""
+    if mean_logprob is not None and mean_logprob < settings.review_low_confidence:
+        return 1.0 + math.exp(mean_logprob), "low_confidence"
+    if rng.random() < settings.review_calibration_rate:
+        return 2.0 + rng.random(), "calibration"
+    return None, None
+
+
+def sync_queue(session: Session, settings: Settings) -> int:
+    """Look once at every assistant reply not yet seen by the queue and decide whether to queue it."""
+    unseen = (
+        select(Message.id, Message.mean_logprob)
+        .where(Message.role == "assistant", ~exists().where(ReviewItem.message_id == Message.id))
+        .limit(SYNC_BATCH)
+    )
+    rows = session.execute(unseen).all()
+    if not rows:
+        return 0
+    rng, now = random.Random(), utcnow()
+    values = []
+    for message_id, logprob in rows:
+        priority, reason = queue_priority(logprob, settings, rng)
+        values.append(dict(message_id=message_id, priority=priority, reason=reason,
+                           required_reviews=settings.review_k, status=ReviewItemStatus.open,
+                           created_at=now, updated_at=now))
+    session.execute(_insert(session)(ReviewItem).values(values).on_conflict_do_nothing(index_elements=["message_id"]))
+    return len(rows)
+
+
+def _held(now):
+    return (ReviewClaim.status == ReviewClaimStatus.active) & (col(ReviewClaim.lease_expires_at) > now)
+
+
+def lock_for_write(session: Session) -> None:
+    """SQLite: take the single writer lock now (BEGIN IMMEDIATE) so read-then-write is atomic.
+    PostgreSQL needs nothing here: claims lock their row with FOR UPDATE SKIP LOCKED."""
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    raw = connection.connection.dbapi_connection
+    if not raw.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def current_claim(session: Session, reviewer: User, now=None) -> ReviewClaim | None:
+    now = now or utcnow()
+    query = select(ReviewClaim).where(ReviewClaim.reviewer_id == reviewer.id, _held(now))
+    return session.exec(query.order_by(col(ReviewClaim.id))).first()
+
+
+def claim(session: Session, reviewer: User, settings: Settings) -> ReviewClaim | None:
+    """Lease the next item to `reviewer`, or return the one it already holds; None when the queue is
+    empty. An item is free while it has fewer held-or-submitted claims than it needs reviews."""
+    lock_for_write(session)
+    now = utcnow()
+    held = current_claim(session, reviewer, now)
+    if held is not None:
+        return held
+    sync_queue(session, settings)
+    taken = (select(func.count()).select_from(ReviewClaim)
+             .where(ReviewClaim.message_id == ReviewItem.message_id,
+                    or_(ReviewClaim.status == ReviewClaimStatus.submitted, _held(now)))
+             .scalar_subquery())
+    seen = exists().where(
+        ReviewClaim.message_id == ReviewItem.message_id, ReviewClaim.reviewer_id == reviewer.id,
+        or_(col(ReviewClaim.status).in_([ReviewClaimStatus.submitted, ReviewClaimStatus.skipped]), _held(now)),
+    )
+    query = (
+        select(ReviewItem)
+        .where(ReviewItem.status == ReviewItemStatus.open, col(ReviewItem.priority).is_not(None),
+               taken < ReviewItem.required_reviews, ~seen)
+        .order_by(col(ReviewItem.priority), col(ReviewItem.created_at), col(ReviewItem.message_id))
+        .limit(1)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=ReviewItem)
+    item = session.exec(query).first()
+    if item is None:
+        return None
+    row = ReviewClaim(message_id=item.message_id, reviewer_id=reviewer.id,
+                      lease_expires_at=now + timedelta(minutes=settings.review_lease_minutes))
+    session.add(row)
+    session.flush()
+    audit(session, reviewer, "claim.create", "reviewclaim", row.id, item.message_id, after=snapshot(row))
+    return row
+
+
+def held_claim(session: Session, user: User, message_id: str) -> ReviewClaim:
+    """The caller's live lease on `message_id`. Items held by others look like they do not exist."""
+    latest = session.exec(
+        select(ReviewClaim).where(ReviewClaim.message_id == message_id, ReviewClaim.reviewer_id == user.id)
+        .order_by(col(ReviewClaim.id).desc())
+    ).first()
+    if latest is None or latest.status != ReviewClaimStatus.active:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"item '{message_id}' is not held by you")
+    if latest.lease_expires_at <= utcnow():
+        raise HTTPException(status.HTTP_409_CONFLICT, f"your lease on '{message_id}' expired; claim again")
+    return latest
+
+
+def writable_message(session: Session, user: User, message_id: str) -> Message:
+    """Reviewers write only on items they hold; admins on any assistant reply."""
+    if user.role != Role.admin:
+        held_claim(session, user, message_id)
+    return assistant_message(session, message_id)
+
+
+def finish_claim(session: Session, user: User, message_id: str, new_status: ReviewClaimStatus,
+                 reason: str | None = None) -> ReviewClaim:
+    row = held_claim(session, user, message_id)
+    before = snapshot(row)
+    row.status, row.finished_at, row.reason = new_status, utcnow(), reason
+    session.add(row)
+    session.flush()
+    audit(session, user, f"claim.{new_status.value}", "reviewclaim", row.id, message_id, before, snapshot(row))
+    if new_status == ReviewClaimStatus.submitted:
+        _maybe_done(session, user, message_id)
+    return row
+
+
+def _maybe_done(session: Session, user: User, message_id: str) -> None:
+    item = session.get(ReviewItem, message_id)
+    if item is None or item.status != ReviewItemStatus.open:
+        return
+    submitted = session.execute(select(func.count()).select_from(ReviewClaim).where(
+        ReviewClaim.message_id == message_id, ReviewClaim.status == ReviewClaimStatus.submitted)).scalar_one()
+    if submitted >= item.required_reviews:
+        before = snapshot(item)
+        item.status, item.updated_at = ReviewItemStatus.done, utcnow()
+        session.add(item)
+        session.flush()
+        audit(session, user, "item.done", "reviewitem", message_id, message_id, before, snapshot(item))
+
+
+def set_gold(session: Session, admin: User, message_id: str, scores: dict[str, int], settings: Settings) -> ReviewItem:
+    """Mark a reply as a gold item with known scores and mix it into the queue."""
+    assistant_message(session, message_id)
+    check_dimensions(scores, settings)
+    enqueue(session, message_id, 1.0 + random.random(), "gold", settings)
+    item = session.get(ReviewItem, message_id)
+    session.refresh(item)
+    before = snapshot(item)
+    item.gold_scores, item.updated_at = scores, utcnow()
+    if item.priority is None or item.status != ReviewItemStatus.open:
+        item.priority, item.reason, item.status = 1.0 + random.random(), "gold", ReviewItemStatus.open
+    session.add(item)
+    session.flush()
+    audit(session, admin, "item.gold", "reviewitem", message_id, message_id, before, snapshot(item))
+    return item
+
+
+# ---------------------------------------------------------------------------------------------- reviewer feedback
+
+
+def check_dimensions(scores: dict[str, int], settings: Settings) -> None:
+    unknown = sorted(set(scores) - set(settings.review_rubric))
+    if unknown:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"unknown rubric dimensions {unknown}; the rubric is {settings.review_rubric}")
+
+
+def rate(session: Session, user: User, message_id: str, scores: dict[str, int], comment: str | None,
+         settings: Settings, adjudicated: bool = False) -> Rating:
+    writable_message(session, user, message_id)
+    check_dimensions(scores, settings)
+    row = Rating(message_id=message_id, reviewer_id=user.id, scores=scores, comment=comment, adjudicated=adjudicated)
+    return _store(session, user, row, "rating.create")
+
+
+def correct(session: Session, user: User, message_id: str, content: str) -> Correction:
+    message = writable_message(session, user, message_id)
+    diff = "".join(difflib.unified_diff(
+        message.content.splitlines(keepends=True), content.splitlines(keepends=True),
+        fromfile=f"{message_id}/original", tofile=f"{message_id}/correction",
+    ))
+    row = Correction(message_id=message_id, reviewer_id=user.id, content=content, original=message.content, diff=diff)
+    return _store(session, user, row, "correction.create")
+
+
+def flag(session: Session, user: User, message_id: str, tags: list[str], comment: str | None) -> Flag:
+    writable_message(session, user, message_id)
+    return _store(session, user, Flag(message_id=message_id, reviewer_id=user.id, tags=tags, comment=comment),
+                  "flag.create")
+
+
+def comment(session: Session, user: User, message_id: str, text: str) -> Comment:
+    writable_message(session, user, message_id)
+    return _store(session, user, Comment(message_id=message_id, reviewer_id=user.id, text=text), "comment.create")
+
+
+def candidate_context(session: Session, user: User, message_id: str) -> list[dict]:
+    """The chat messages that preceded the reply: what the alternatives answer."""
+    message = writable_message(session, user, message_id)
+    return [{"role": m.role, "content": m.content} for m in context_of(session, message)[:-1]]
+
+
+def store_candidates(session: Session, user: User, message_id: str, generated: list[tuple[str, str, int]]) -> list[Candidate]:
+    writable_message(session, user, message_id)
+    # NUL cannot be stored in PostgreSQL text and is never meaningful in a reply
+    rows = [Candidate(message_id=message_id, content=text.replace("\x00", ""), model_version=version, seed=seed,
+                      created_by=user.id)
+            for text, version, seed in generated]
+    return [_store(session, user, row, "candidate.create") for row in rows]
+
+
+def compare(session: Session, user: User, message_id: str, candidate_a: int, candidate_b: int,
+            choice: ComparisonChoice) -> Comparison:
+    writable_message(session, user, message_id)
+    if candidate_a == candidate_b:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "compare two different candidates")
+    for cid in (candidate_a, candidate_b):
+        found = session.get(Candidate, cid)
+        if found is None or found.message_id != message_id:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"candidate {cid} was not generated for message '{message_id}'")
+    row = Comparison(message_id=message_id, reviewer_id=user.id, candidate_a=candidate_a, candidate_b=candidate_b,
+                     choice=choice)
+    return _store(session, user, row, "comparison.create")
+
+
+def _store(session: Session, user: User, row, action: str):
+    session.add(row)
+    session.flush()
+    audit(session, user, action, type(row).__tablename__, row.id, row.message_id, after=snapshot(row))
+    return row
+
+
+# ---------------------------------------------------------------------------------------------- adjudication
+
+
+def adjudicate(session: Session, admin: User, message_id: str, scores: dict[str, int], comment: str | None,
+               settings: Settings) -> Rating:
+    """An admin's final scores for a disputed item; it leaves the adjudication queue."""
+    row = rate(session, admin, message_id, scores, comment, settings, adjudicated=True)
+    item = session.get(ReviewItem, message_id)
+    if item is not None:
+        before = snapshot(item)
+        item.status, item.updated_at = ReviewItemStatus.adjudicated, utcnow()
+        session.add(item)
+        session.flush()
+        audit(session, admin, "item.adjudicated", "reviewitem", message_id, message_id, before, snapshot(item))
+    return row
+
+
+# ---------------------------------------------------------------------------------------------- privacy
+
+
+def delete_conversation(session: Session, admin: User, conversation_id: str, reason: str | None = None) -> Deletion:
+    """Delete a conversation with its messages and feedback (cascade); record the request forever."""
+    if session.get(Conversation, conversation_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation '{conversation_id}' not found")
+    return _delete(session, admin, [conversation_id], conversation_id=conversation_id, reason=reason)
+
+
+def delete_end_user(session: Session, admin: User, end_user: str, reason: str | None = None) -> Deletion:
+    """Delete every conversation of an end user; future builds also exclude any later ones of theirs."""
+    ids = list(session.exec(select(Conversation.id).where(Conversation.end_user == end_user)))
+    return _delete(session, admin, ids, end_user=end_user, reason=reason)
+
+
+def _delete(session: Session, admin: User, ids: list[str], **request) -> Deletion:
+    if ids:
+        message_ids = select(Message.id).where(col(Message.conversation_id).in_(ids))
+        # the audit trail keeps who/what/when but loses the deleted content
+        session.execute(update(AuditEvent).where(col(AuditEvent.message_id).in_(message_ids))
+                        .values(before=None, after={"redacted": "privacy deletion"}))
+        session.execute(delete(Conversation).where(col(Conversation.id).in_(ids)))
+    row = Deletion(conversation_ids=ids, requested_by=admin.id, **request)
+    session.add(row)
+    session.flush()
+    audit(session, admin, "deletion.create", "deletion", row.id, after=snapshot(row))
+    return row
+
+
+def deleted_conversation_ids(session: Session) -> set[str]:
+    """Every conversation a privacy request names, including any (later) conversation of a deleted
+    end user. Dataset builds must skip these, forever."""
+    found: set[str] = set()
+    end_users: set[str] = set()
+    for deletion in session.exec(select(Deletion)):
+        found.update(deletion.conversation_ids or [])
+        if deletion.conversation_id:
+            found.add(deletion.conversation_id)
+        if deletion.end_user:
+            end_users.add(deletion.end_user)
+    if end_users:
+        found.update(session.exec(select(Conversation.id).where(col(Conversation.end_user).in_(end_users))))
+    return found
+
+
+def deleted_end_users(session: Session) -> set[str]:
+    return {u for u in session.exec(select(Deletion.end_user).where(col(Deletion.end_user).is_not(None)))}
+
+
+# ---------------------------------------------------------------------------------------------- stats
+
+
+def stats(session: Session) -> dict:
+    """Counts for dashboards and `hitl review stats`."""
+    def count(model, *where) -> int:
+        return session.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
+
+    now = utcnow()
+    by_reason = dict(session.execute(
+        select(ReviewItem.reason, func.count()).where(ReviewItem.status == ReviewItemStatus.open,
+                                                      col(ReviewItem.priority).is_not(None))
+        .group_by(ReviewItem.reason)).all())
+    return {
+        "feedback": {
+            "thumbs_up": count(Thumbs, Thumbs.thumbs == ThumbsValue.up),
+            "thumbs_down": count(Thumbs, Thumbs.thumbs == ThumbsValue.down),
+            "ratings": count(Rating), "corrections": count(Correction), "candidates": count(Candidate),
+            "comparisons": count(Comparison), "flags": count(Flag), "comments": count(Comment),
+        },
+        "queue": {
+            "open": sum(by_reason.values()), "open_by_reason": by_reason,
+            "done": count(ReviewItem, ReviewItem.status == ReviewItemStatus.done),
+            "adjudicated": count(ReviewItem, ReviewItem.status == ReviewItemStatus.adjudicated),
+            "gold": count(ReviewItem, col(ReviewItem.gold_scores).is_not(None)),
+            "held": count(ReviewClaim, _held(now)),
+            "skipped": count(ReviewClaim, ReviewClaim.status == ReviewClaimStatus.skipped),
+        },
+        "deletions": count(Deletion),
+    }
