@@ -1,0 +1,1 @@
+"""Dataset compiler: feedback → leak-free SFT, DPO and KTO snapshots."""

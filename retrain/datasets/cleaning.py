@@ -1,0 +1,241 @@
+"""Cleaning: PII redaction, exact and near-duplicate detection, token-count length limits.
+
+PII redaction is a documented regex set (Presidio needs a spaCy model download, which this project
+cannot do at run time). Each match is replaced by a typed placeholder:
+
+| placeholder  | what                                                                  |
+|--------------|-----------------------------------------------------------------------|
+| `[EMAIL]`    | RFC-5322-ish addresses `local@domain.tld`                              |
+| `[CARD]`     | 13-19 digit card numbers (spaces/dashes allowed) passing the Luhn check |
+| `[IBAN]`     | IBANs (2 letters, 2 check digits, 11-30 alphanumerics) passing mod-97   |
+| `[SSN]`      | US social security numbers `ddd-dd-dddd`                               |
+| `[PHONE]`    | phone numbers: optional `+cc`, 7-15 digits with spaces, dots, dashes, () |
+| `[IP]`       | IPv4 addresses (each octet 0-255) and full or `::`-compressed IPv6      |
+
+Near duplicates: MinHash signatures in datasketch's `affine32` scheme (its permutations and its
+MurmurHash3 finalizer, computed for all documents at once with numpy; equal to
+`datasketch.MinHash(scheme="affine32").update_batch`, see the tests) and LSH banding with
+datasketch's optimal (bands, rows) for the threshold; candidate pairs are confirmed by their
+estimated Jaccard similarity.
+"""
+
+import re
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------- PII
+
+EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+SSN = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
+PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d(?:[ .-]?\d){6,13}(?![\w])")
+IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])")
+IPV6 = re.compile(
+    r"(?<![\w:])(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}"
+    r"|(?:[0-9A-Fa-f]{1,4}:){1,7}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})?"
+    r"|::(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})(?![\w:])"
+)
+
+
+def luhn_ok(number: str) -> bool:
+    digits = [int(c) for c in number if c.isdigit()]
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_ok(iban: str) -> bool:
+    s = iban.replace(" ", "")
+    s = s[4:] + s[:4]
+    return int("".join(str(int(c, 36)) for c in s)) % 97 == 1
+
+
+def _sub_checked(pattern: re.Pattern, check: Callable[[str], bool], label: str, text: str, hits: dict) -> str:
+    def repl(m: re.Match) -> str:
+        if not check(m.group()):
+            return m.group()
+        hits[label] = hits.get(label, 0) + 1
+        return label
+
+    return pattern.sub(repl, text)
+
+
+def redact_pii(text: str, hits: dict[str, int] | None = None) -> str:
+    """Replace PII by typed placeholders; `hits` (if given) counts replacements per placeholder."""
+    hits = {} if hits is None else hits
+    if "@" in text:
+        text = _sub_checked(EMAIL, bool, "[EMAIL]", text, hits)
+    if any(c.isdigit() for c in text):
+        text = _sub_checked(IBAN, iban_ok, "[IBAN]", text, hits)
+        text = _sub_checked(CARD, luhn_ok, "[CARD]", text, hits)
+        text = _sub_checked(SSN, bool, "[SSN]", text, hits)
+        text = _sub_checked(IPV4, bool, "[IP]", text, hits)
+        text = _sub_checked(PHONE, bool, "[PHONE]", text, hits)
+    if "::" in text or text.count(":") >= 7:
+        text = _sub_checked(IPV6, bool, "[IP]", text, hits)
+    return text
+
+
+# --------------------------------------------------------------------------------------- duplicates
+
+_WORD = re.compile(r"\w+")
+
+
+def normalize(text: str) -> str:
+    """Case- and whitespace-insensitive form used for exact-duplicate keys."""
+    return " ".join(text.lower().split())
+
+
+_PUNCT = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"})
+
+
+def shingle_hashes(texts: Sequence[str], n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit hashes of the word n-grams of every text, flat, plus each text's start offset.
+
+    Words are lower-cased and split on whitespace and ASCII punctuation. Texts shorter than `n`
+    words are padded with an empty word, so each has at least one shingle.
+    """
+    flat: list[str] = []
+    lengths = np.empty(len(texts), dtype=np.int64)
+    pad = [""] * n
+    for i, text in enumerate(texts):
+        words = text.lower().translate(_PUNCT).split()
+        if len(words) < n:
+            words += pad[: n - len(words)]
+        flat.extend(words)
+        lengths[i] = len(words)
+    vocab: dict[str, int] = {}
+    ids = np.array([vocab.setdefault(word, len(vocab)) for word in flat], dtype=np.int64)
+    word_hashes = np.array([zlib.crc32(word.encode()) for word in vocab], dtype=np.uint64)
+    w = word_hashes[ids] if len(ids) else np.zeros(0, dtype=np.uint64)
+    m = len(w) - n + 1
+    h = np.zeros(m, dtype=np.uint64)
+    for k in range(n):  # polynomial combination of the word hashes, mod 2^32
+        h = (h * np.uint64(1_000_003) + w[k: k + m]) & np.uint64(0xFFFFFFFF)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    valid = np.ones(m, dtype=bool)
+    for k in range(1, n):  # n-grams that would cross into the next text
+        ends = starts[1:] - k
+        valid[ends[ends >= 0]] = False
+    counts = lengths - n + 1
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return h[valid].astype(np.uint32), offsets
+
+
+def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 64, seed: int = 1) -> np.ndarray:
+    """(len(offsets), num_perm) uint32 signatures of the shingle groups starting at `offsets`,
+    identical to datasketch `MinHash(scheme="affine32", hashfunc=identity).update_batch(group)`."""
+    from datasketch import MinHash
+    from datasketch.minhash import _fmix
+
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    hv = _fmix(hashes.astype(np.uint32), 32)
+    ends = np.append(offsets[1:], len(hv))
+    out = np.empty((num_perm, len(offsets)), dtype=np.uint32)
+    step = max(1, 4_000_000 // num_perm)  # bound the (perms x shingles) block to ~16 MB
+    doc = 0
+    while doc < len(offsets):
+        last = max(int(np.searchsorted(ends, offsets[doc] + step, side="right")), doc + 1)
+        lo, hi = int(offsets[doc]), int(ends[last - 1])
+        with np.errstate(over="ignore"):
+            phv = a[:, None] * hv[None, lo:hi] + b[:, None]
+        out[:, doc:last] = np.minimum.reduceat(phv, offsets[doc:last] - lo, axis=1)
+        doc = last
+    return np.ascontiguousarray(out.T)
+
+
+def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.85, num_perm: int = 64) -> list[int]:
+    """For each text, the index of the first text of its near-duplicate group (itself if none)."""
+    from datasketch.lsh import _optimal_param
+
+    n = len(texts)
+    parent = list(range(n))
+    if n < 2:
+        return parent
+    sigs = minhash_signatures(*shingle_hashes(texts), num_perm=num_perm)
+    bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for band in range(bands):
+        block = np.ascontiguousarray(sigs[:, band * rows: (band + 1) * rows])
+        _, inverse, counts = np.unique(block.view(np.dtype((np.void, block.shape[1] * 4))).ravel(),
+                                       return_inverse=True, return_counts=True)
+        shared = counts[inverse] > 1
+        if not shared.any():
+            continue
+        idx = np.nonzero(shared)[0]
+        order = idx[np.argsort(inverse[idx], kind="stable")]
+        buckets = np.split(order, np.nonzero(np.diff(inverse[order]))[0] + 1)
+        for bucket in buckets:
+            first = int(bucket[0])
+            for other in bucket[1:]:
+                other = int(other)
+                if find(first) == find(other):
+                    continue
+                if np.mean(sigs[first] == sigs[other]) >= threshold:
+                    ra, rb = find(first), find(other)
+                    parent[max(ra, rb)] = min(ra, rb)
+    return [find(i) for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------ length
+
+
+class TokenCounter:
+    """Counts tokens with the model's tokenizer (chat-template overhead per message measured once).
+
+    Falls back to `len(text) / 4` when no tokenizer can be loaded; `exact` says which was used.
+    """
+
+    def __init__(self, tokenizer_path: str | None):
+        self.tokenizer = None
+        self.per_message = 4
+        self.source = "len(text) / 4 (no tokenizer)"
+        if tokenizer_path and Path(tokenizer_path).is_dir():
+            try:
+                from transformers import AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+                self.source = str(tokenizer_path)
+            except (OSError, ValueError):
+                self.tokenizer = None
+        if self.tokenizer is not None and self.tokenizer.chat_template:
+            one = [{"role": "user", "content": "x"}]
+            two = one + [{"role": "assistant", "content": "x"}]
+            n1 = len(self._ids(self.tokenizer.apply_chat_template(one, tokenize=True)))
+            n2 = len(self._ids(self.tokenizer.apply_chat_template(two, tokenize=True)))
+            self.per_message = max(0, n2 - n1 - 1)
+
+    @staticmethod
+    def _ids(encoded) -> list[int]:
+        return encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
+
+    @property
+    def exact(self) -> bool:
+        return self.tokenizer is not None
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Token count of each text, plus the chat-template overhead of one message."""
+        if not texts:
+            return []
+        if self.tokenizer is None:
+            return [len(t) // 4 + 1 + self.per_message for t in texts]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None) or getattr(self.tokenizer, "_tokenizer", None)
+        if backend is not None:
+            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            encs = encode(list(texts), add_special_tokens=False)
+            return [len(e.ids) + self.per_message for e in encs]
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [len(x) + self.per_message for x in ids]

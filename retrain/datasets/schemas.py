@@ -1,0 +1,49 @@
+"""Build options (API body, CLI flags and Python API share them) and API responses."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Kind = Literal["sft", "dpo", "kto"]
+KINDS: tuple[str, ...] = ("sft", "dpo", "kto")
+SPLITS: tuple[str, ...] = ("train", "eval")
+
+
+class BuildOptions(BaseModel):
+    """What a build reads and how it cleans. Defaults suit the nightly retrain."""
+
+    model_config = {"extra": "forbid"}
+
+    kinds: list[Kind] | None = Field(None, description="Kinds to build; None = all three, and a KTO set missing a "
+                                     "class is then left empty (recorded) instead of failing the build.")
+    as_of: datetime | None = Field(None, description="Read only feedback created at or before this time.")
+    eval_fraction: float = Field(0.1, ge=0, le=0.9, description="Share of end users/conversations in eval.")
+    split_salt: str = Field("hitl", description="Changing it reshuffles every split: keep it fixed.")
+    sft_min_score: int = Field(4, ge=1, le=5, description="A reply is top-rated when every rubric dimension ≥ this.")
+    bad_max_score: int = Field(2, ge=1, le=5, description="A reply is bad when any rubric dimension ≤ this.")
+    dpo_rating_margin: float = Field(1.0, ge=0, description="Mean-score gap for a DPO pair between two replies "
+                                     "to the same context.")
+    min_agreement: float = Field(0.7, gt=0.5, le=1, description="Reliability-weighted share the majority needs; "
+                                 "below it the item is an unresolved conflict and left out.")
+    end_user_weight: float = Field(0.5, ge=0, le=1, description="Vote weight of an end user's thumbs.")
+    exclude_tags: list[str] = Field(["unsafe", "pii"], description="Flag tags that exclude a reply and every "
+                                    "example whose context contains it.")
+    redact_pii: bool = True
+    max_tokens: int = Field(2048, ge=16, description="Longest example (prompt + completion) in tokenizer tokens.")
+    tokenizer: str | None = Field(None, description="Tokenizer path; default the base model.")
+    near_duplicate_threshold: float = Field(0.85, gt=0, le=1, description="Estimated Jaccard of word 3-grams.")
+    replay_fraction: float = Field(0.0, ge=0, le=1, description="Replay rows added to SFT train, as a share "
+                                   "of the feedback SFT train rows.")
+    paraphrases: int = Field(0, ge=0, le=10, description="Paraphrase variants per corrected prompt (0 = off).")
+    paraphrase_base_url: str | None = Field(None, description="OpenAI-compatible endpoint; default the remote "
+                                            "backend settings.")
+    paraphrase_model: str | None = None
+    paraphrase_api_key: str | None = None
+
+
+class SnapshotCreated(BaseModel):
+    id: int
+    hash: str
+    counts: dict[str, Any]
+    created: bool = Field(description="False when an identical snapshot already existed.")

@@ -1,0 +1,332 @@
+"""Build content-hashed, immutable dataset snapshots from the feedback store, and read them back.
+
+Pipeline: read the store (bulk) → resolve consensus → SFT / DPO / KTO candidates (deleted and
+flagged contexts left out, PII redacted) → optional paraphrase expansion → token-length limit →
+replay mix → exact and near-duplicate removal (eval wins over train) → KTO class check → rows
+sorted by their own hash → snapshot hash over the rows → files + manifest + database row.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from core.models import utcnow
+from core.settings import Settings
+from retrain.datasets import dpo, kto, sft
+from retrain.datasets.cleaning import TokenCounter, near_duplicate_groups, normalize
+from retrain.datasets.common import Example, Prep, assess, resolve_corrections
+from retrain.datasets.models import DatasetSnapshot
+from retrain.datasets.replay import replay_rows
+from retrain.datasets.repository import load_store
+from retrain.datasets.schemas import KINDS, SPLITS, BuildOptions
+
+BUILDER_VERSION = "1.0"
+DEFAULT_RUBRIC = ["correctness", "helpfulness", "tone"]
+SOURCE_RANK = {"feedback": 0, "replay": 1, "paraphrase": 2}
+
+Progress = Callable[[str], None]
+
+
+class DatasetError(ValueError):
+    """A build that cannot produce what was asked (e.g. KTO without one class)."""
+
+
+def build_snapshot(session: Session, settings: Settings, options: BuildOptions | None = None,
+                   *, created_by: int | None = None, progress: Progress | None = None) -> DatasetSnapshot:
+    """Build (or find the identical existing) snapshot; only flushes."""
+    return build(session, settings, options, created_by=created_by, progress=progress)[0]
+
+
+def build(session: Session, settings: Settings, options: BuildOptions | None = None,
+          *, created_by: int | None = None, progress: Progress | None = None) -> tuple[DatasetSnapshot, bool]:
+    """Like `build_snapshot`, also saying whether a new snapshot was created."""
+    options = options or BuildOptions()
+    step = progress or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    step("reading feedback")
+    store = load_store(session, options.as_of)
+    reliability, reliability_source = _reliability(session)
+    rubric = list(getattr(settings, "review_rubric", None) or DEFAULT_RUBRIC)
+    prep = Prep(store, options, rubric, reliability)
+    lap("read")
+
+    step("resolving consensus")
+    assessments = assess(prep)
+    corrections = resolve_corrections(prep)
+    kinds = list(options.kinds or KINDS)
+    builders = {"sft": sft.build, "dpo": dpo.build, "kto": kto.build}
+    examples = {k: (builders[k](prep, assessments, corrections) if k in kinds else []) for k in KINDS}
+    lap("build")
+
+    expansion = None
+    if options.paraphrases and "sft" in kinds:
+        step("paraphrasing corrected prompts")
+        from retrain.datasets.expansion import ExpansionError, expand
+
+        try:
+            variants, expansion = expand(prep, examples["sft"], settings,
+                                         settings.data_dir / "datasets" / "paraphrase-cache.jsonl")
+        except ExpansionError as exc:
+            raise DatasetError(str(exc)) from exc
+        examples["sft"] += variants
+        lap("expansion")
+
+    step("length limits")
+    counter = TokenCounter(options.tokenizer or str(settings.base_model_path))
+    for k in KINDS:
+        examples[k] = _length_filter(prep, counter, k, examples[k])
+    lap("length")
+
+    replay_n = 0
+    if options.replay_fraction and "sft" in kinds:
+        train = sum(1 for e in examples["sft"] if e.split == "train")
+        rows = replay_rows(round(options.replay_fraction * train))
+        examples["sft"] += [Example("sft", "train", r, f"replay:{i}") for i, r in enumerate(rows)]
+        replay_n = len(rows)
+
+    step("removing duplicates")
+    for k in KINDS:
+        examples[k] = _deduplicate(prep, k, examples[k], options.near_duplicate_threshold)
+    lap("dedup")
+
+    kto_balance = kto.balance(examples["kto"])
+    kto_refused = None
+    if "kto" in kinds:
+        try:
+            kto.check_classes(kto_balance)
+        except kto.MissingClassError as exc:
+            if options.kinds:  # asked for explicitly: refuse the build
+                raise DatasetError(str(exc)) from exc
+            kto_refused = str(exc)  # default build: leave KTO empty, say why
+            prep.drop("kto", "kto_missing_class", len(examples["kto"]))
+            examples["kto"] = []
+
+    step("writing snapshot")
+    files = {(k, s): _sorted_rows([e.row for e in examples[k] if e.split == s]) for k in KINDS for s in SPLITS}
+    digest = hashlib.sha256(f"hitl-datasets {BUILDER_VERSION}\n".encode())
+    for (k, s), lines in files.items():
+        digest.update(f"{k}.{s}\n".encode())
+        for line in lines:
+            digest.update(line.encode() + b"\n")
+    snapshot_hash = digest.hexdigest()
+    counts = {k: {s: len(files[(k, s)]) for s in SPLITS} for k in KINDS}
+
+    existing = session.exec(select(DatasetSnapshot).where(DatasetSnapshot.hash == snapshot_hash)).first()
+    target = (settings.data_dir / "datasets" / snapshot_hash).resolve()
+    manifest = {
+        "hash": snapshot_hash,
+        "builder_version": BUILDER_VERSION,
+        "created_at": (existing.created_at if existing else utcnow()).isoformat(),
+        "options": options.model_dump(mode="json"),
+        "counts": counts,
+        "sources": {k: dict(Counter(e.row["lineage"]["source"] for e in examples[k])) for k in KINDS},
+        "via": {k: dict(Counter(e.row["lineage"].get("via", e.row["lineage"]["source"]) for e in examples[k]))
+                for k in KINDS},
+        "filters": {k: dict(sorted(prep.drops[k].items())) for k in list(KINDS) + ["correction"]
+                    if prep.drops.get(k)},
+        "conflicts": {k: dict(v) for k, v in prep.conflicts.items()},
+        "pii_redactions": dict(prep.pii),
+        "kto_balance": kto_balance,
+        "kto_refused": kto_refused,
+        "split": {"method": "sha256(salt:key) < eval_fraction; key = end user, else conversation",
+                  "eval_fraction": options.eval_fraction, "salt": options.split_salt},
+        "length": {"max_tokens": options.max_tokens, "tokenizer": counter.source, "exact": counter.exact},
+        "dedup": {"exact": "normalized full content", "near": "MinHash LSH (datasketch affine32), word 3-grams",
+                  "threshold": options.near_duplicate_threshold, "rule": "eval wins: train copies removed"},
+        "replay": {"rows": replay_n, "fraction": options.replay_fraction, "source": "retrain/datasets/data/general.jsonl"},
+        "expansion": _expansion_report(expansion, examples["sft"]),
+        "reviewer_reliability": reliability_source,
+        "rubric": rubric,
+        "feedback_watermark": store.watermark,
+        "as_of": options.as_of.isoformat() if options.as_of else None,
+        "timings_s": timings,
+        "files": {f"{k}.{s}": {"jsonl": f"{k}.{s}.jsonl", "parquet": f"{k}.{s}.parquet" if files[(k, s)] else None,
+                               "rows": counts[k][s]} for k in KINDS for s in SPLITS},
+    }
+    if existing is not None:
+        if not (Path(existing.path) / "manifest.json").exists():
+            _write(Path(existing.path), files, {**existing.manifest, "examples": _index(files)})
+        return existing, False
+    _write(target, files, {**manifest, "examples": _index(files)})
+    lap("write")
+    manifest["timings_s"] = timings
+    snap = DatasetSnapshot(hash=snapshot_hash, path=str(target), counts=counts, manifest=manifest,
+                           builder_version=BUILDER_VERSION, created_by=created_by)
+    session.add(snap)
+    session.flush()
+    return snap, True
+
+
+def load_split(snapshot_path: str | Path, kind: str, split: str) -> list[dict]:
+    """The rows of one kind and split of a snapshot."""
+    if kind not in KINDS or split not in SPLITS:
+        raise ValueError(f"kind must be one of {KINDS} and split one of {SPLITS}")
+    path = Path(snapshot_path) / f"{kind}.{split}.jsonl"
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def get_snapshot(session: Session, snapshot_id: int) -> DatasetSnapshot | None:
+    return session.get(DatasetSnapshot, snapshot_id)
+
+
+def list_snapshots(session: Session, limit: int = 100) -> list[DatasetSnapshot]:
+    return list(session.exec(select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc()).limit(limit)))
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def _reliability(session: Session) -> tuple[dict[int, float], str]:
+    try:
+        from feedback.quality import reviewer_reliability
+    except ImportError:
+        return {}, "default 1.0 for every reviewer (feedback.quality.reviewer_reliability not available)"
+    return reviewer_reliability(session), "feedback.quality.reviewer_reliability (1.0 for unknown reviewers)"
+
+
+def _canonical(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _sorted_rows(rows: list[dict]) -> list[str]:
+    """Canonical JSON lines in a content-determined order (so the hash is order-independent)."""
+    lines = [_canonical(r) for r in rows]
+    return sorted(lines, key=lambda line: hashlib.sha256(line.encode()).digest())
+
+
+def _parts(row: dict) -> tuple[list[dict], list[dict]]:
+    """(prompt turns, completion turns) of a row of any kind."""
+    if "messages" in row:
+        return row["messages"][:-1], row["messages"][-1:]
+    if "chosen" in row:
+        return row["prompt"], row["chosen"] + row["rejected"]
+    return row["prompt"], row["completion"]
+
+
+def _length_filter(prep: Prep, counter: TokenCounter, kind: str, examples: list[Example]) -> list[Example]:
+    texts: dict[str, int] = {}
+    for e in examples:
+        for part in _parts(e.row):
+            for m in part:
+                texts.setdefault(m["content"], 0)
+    for text, n in zip(texts, counter.count(list(texts)), strict=True):
+        texts[text] = n
+    kept = []
+    for e in examples:
+        prompt, completion = _parts(e.row)
+        if not all(m["content"].strip() for m in completion):
+            prep.drop(kind, "empty")
+            continue
+        n = sum(texts[m["content"]] for m in prompt)
+        if "chosen" in e.row:
+            n += max(texts[m["content"]] for m in completion)
+        else:
+            n += sum(texts[m["content"]] for m in completion)
+        if n > prep.options.max_tokens:
+            prep.drop(kind, "too_long")
+            continue
+        kept.append(e)
+    return kept
+
+
+def _keys(row: dict) -> tuple[str, str]:
+    """(exact-duplicate key over the whole normalized content, text compared for near duplicates)."""
+    prompt, completion = _parts(row)
+    exact = json.dumps([[m["role"], normalize(m["content"])] for m in prompt + completion] + [row.get("label")])
+    last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+    label = {True: "desirable ", False: "undesirable "}.get(row.get("label"), "")
+    return exact, label + last_user + "\n" + "\n".join(m["content"] for m in completion)
+
+
+def _deduplicate(prep: Prep, kind: str, examples: list[Example], threshold: float) -> list[Example]:
+    """Exact then near duplicates. Eval examples come first, so a train copy of an eval example is
+    the one removed (never the eval one). Paraphrase variants are only checked against eval."""
+    keyed = []
+    for e in examples:
+        exact, near = _keys(e.row)
+        order = (e.split != "eval", SOURCE_RANK[e.row["lineage"]["source"]],
+                 hashlib.sha256(_canonical(e.row).encode()).digest())
+        keyed.append((order, exact, near, e))
+    keyed.sort(key=lambda x: x[0])
+
+    first_split: dict[str, str] = {}
+    survivors = []
+    for _order, exact, near, e in keyed:
+        if exact in first_split:
+            prep.drop(kind, "cross_split_duplicate" if first_split[exact] != e.split else "duplicate")
+            continue
+        first_split[exact] = e.split
+        survivors.append((near, e))
+
+    roots = near_duplicate_groups([near for near, _ in survivors], threshold)
+    has_eval = {r for r, (_, e) in zip(roots, survivors, strict=True) if e.split == "eval"}
+    kept_in: set[tuple[int, str]] = set()
+    out = []
+    for root, (_near, e) in zip(roots, survivors, strict=True):
+        if e.split == "train" and root in has_eval:
+            prep.drop(kind, "cross_split_near_duplicate")
+            continue
+        if e.row["lineage"]["source"] != "paraphrase":
+            if (root, e.split) in kept_in:
+                prep.drop(kind, "near_duplicate")
+                continue
+            kept_in.add((root, e.split))
+        out.append(e)
+    return out
+
+
+def _index(files: dict[tuple[str, str], list[str]]) -> list[dict]:
+    """Per-example lineage (feedback ids and reviewer ids) for the on-disk manifest."""
+    out = []
+    for (k, s), lines in files.items():
+        for i, line in enumerate(lines):
+            lin = json.loads(line)["lineage"]
+            out.append({"kind": k, "split": s, "row": i, "source": lin["source"], "feedback_ids": lin["feedback_ids"],
+                        "reviewer_ids": lin["reviewer_ids"], "conversation_id": lin["conversation_id"]})
+    return out
+
+
+def _write(target: Path, files: dict[tuple[str, str], list[str]], manifest: dict[str, Any]) -> None:
+    """Write into a temporary folder, then rename: a snapshot folder is complete or absent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    try:
+        for (k, s), lines in files.items():
+            with open(tmp / f"{k}.{s}.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(line + "\n" for line in lines)
+            if lines:
+                pq.write_table(pa.Table.from_pylist([json.loads(line) for line in lines]), tmp / f"{k}.{s}.parquet")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1, default=str))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _expansion_report(report: dict | None, sft_examples: list[Example]) -> dict | None:
+    if report is None:
+        return None
+    return {**report, "kept_in_snapshot": sum(1 for e in sft_examples if e.row["lineage"]["source"] == "paraphrase")}

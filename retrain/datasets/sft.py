@@ -1,0 +1,36 @@
+"""SFT examples: the conversation up to a reply + the consensus correction, or + the reply itself
+when reviewers agree it is good (every rubric dimension ≥ threshold, or a reviewer's thumbs up)."""
+
+from retrain.datasets.common import Assessment, Example, Prep, lineage, reviewer_verdict
+
+
+def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> list[Example]:
+    out = []
+    for mid, resolved in corrections.items():
+        if resolved is None:
+            prep.drop("sft", "conflict_unresolved")
+            continue
+        ctx = prep.context("sft", mid)
+        if ctx is None:
+            continue
+        content, ids, reviewers = resolved
+        row = {"messages": ctx.prompt + [{"role": "assistant", "content": prep.text(content)}],
+               "lineage": lineage(ctx, ids, reviewers, via="correction")}
+        out.append(Example("sft", ctx.split, row, mid))
+    for mid, a in assessments.items():
+        if mid in corrections or (not a.reviewer_votes and a.adjudicated is None):
+            continue  # corrected replies train on their correction; end-user thumbs alone do not make SFT
+        verdict, state = reviewer_verdict(prep, a)
+        prep.conflict("sft", state)
+        if state == "unresolved":
+            prep.drop("sft", "conflict_unresolved")
+            continue
+        if verdict != "good":
+            continue
+        ctx = prep.context("sft", mid)
+        if ctx is None:
+            continue
+        row = {"messages": ctx.prompt + [{"role": "assistant", "content": ctx.target}],
+               "lineage": lineage(ctx, a.reviewer_ids, a.reviewers, via="top_rated")}
+        out.append(Example("sft", ctx.split, row, mid))
+    return out
