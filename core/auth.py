@@ -1,15 +1,21 @@
 """API keys and role checks. The caller's identity always comes from the key, never the body."""
 
 import hashlib
+import hmac
+import os
 import secrets
+import time
+from functools import lru_cache
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session, select
 
 from core.db import SessionDep
 from core.models import Role, User
+from core.settings import get_settings
 
 bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer <key>`")
 
@@ -32,12 +38,92 @@ def user_for_key(session: Session, key: str) -> User | None:
     return user if user and user.active else None
 
 
+# Browser sessions (web UI): signing in with a key sets an HMAC-signed cookie naming the user and a
+# prefix of its key hash, so revoking or deactivating the key ends the session. The cookie is HttpOnly and
+# SameSite=Strict; on top of that every cookie-authenticated write must echo the CSRF token (derived from
+# the cookie) in the `X-CSRF-Token` header.
+SESSION_COOKIE = "hitl_session"
+CSRF_HEADER = "X-CSRF-Token"
+SESSION_MAX_AGE = 12 * 3600
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@lru_cache
+def _secret_for(path: Path) -> bytes:
+    """Signing secret shared by every worker using this data dir (created once, mode 0600)."""
+    if env := os.environ.get("HITL_SESSION_SECRET"):
+        return env.encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another worker may be writing it right now
+            if value := path.read_text().strip():
+                return value.encode()
+            time.sleep(0.02)
+        raise
+    value = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value.encode()
+
+
+def session_secret() -> bytes:
+    return _secret_for(get_settings().data_dir.resolve() / "session.secret")
+
+
+def _sign(message: str) -> str:
+    return hmac.new(session_secret(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def make_session_token(user: User) -> str:
+    """Opaque cookie value: `<user id>.<key hash prefix>.<issued at>.<signature>`."""
+    body = f"{user.id}.{user.key_hash[:16]}.{int(time.time())}"
+    return f"{body}.{_sign(body)}"
+
+
+def csrf_token(session_token: str) -> str:
+    return _sign(f"csrf:{session_token}")
+
+
+def user_for_session(session: Session, token: str) -> User | None:
+    try:
+        user_id, key_prefix, issued, signature = token.split(".")
+        user_id_int, issued_at = int(user_id), int(issued)
+    except ValueError:
+        return None
+    if not hmac.compare_digest(signature, _sign(f"{user_id}.{key_prefix}.{issued}")):
+        return None
+    if time.time() - issued_at > SESSION_MAX_AGE:
+        return None
+    user = session.get(User, user_id_int)
+    if user is None or not user.active or not hmac.compare_digest(user.key_hash[:16], key_prefix):
+        return None
+    return user
+
+
+def check_csrf(request: Request, token: str) -> bool:
+    sent = request.headers.get(CSRF_HEADER, "")
+    return bool(sent) and hmac.compare_digest(sent, csrf_token(token))
+
+
 def current_user(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
+    """The caller: from the Bearer key, or else from the web UI's session cookie (+ CSRF on writes)."""
     if credentials is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API key", {"WWW-Authenticate": "Bearer"})
+        token = request.cookies.get(SESSION_COOKIE)
+        if token is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API key", {"WWW-Authenticate": "Bearer"})
+        user = user_for_session(session, token)
+        if user is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "session expired; sign in again",
+                                {"WWW-Authenticate": "Bearer"})
+        if request.method not in SAFE_METHODS and not check_csrf(request, token):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
+        return user
     user = user_for_key(session, credentials.credentials)
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key", {"WWW-Authenticate": "Bearer"})

@@ -1,0 +1,1 @@
+"""The reviewer and admin web UI: server-rendered pages whose actions call the JSON APIs."""
