@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, description="Concurrent requests decoded together on the local model.")
     batch_wait_ms: float = Field(5.0, description="How long the batcher waits to fill a batch.")
     device: str | None = Field(None, description="torch device; default cuda when available, else cpu.")
+    torch_threads: int = Field(0, ge=0, description="CPU threads for the local model; 0 = torch's default.")
+    log_conversations: bool = Field(True, description="Store every chat exchange (off only to measure overhead).")
+    canary_share: float = Field(0.0, ge=0, le=1, description="Share of new conversations sent to the `challenger`.")
 
     log_format: Literal["text", "json"] = Field("text", description="`json` for one structured object per line.")
     scheduler_enabled: bool = Field(True, description="Run the retrain scheduler inside `hitl serve`.")

@@ -22,19 +22,10 @@ log = logging.getLogger("hitl")
 
 
 def make_backend(settings: Settings) -> Backend:
-    if settings.backend == "openai":
-        from service.backends.remote import RemoteBackend
+    """The champion (local or remote) behind the canary router; see `service.backends.factory`."""
+    from service.backends.factory import build_backend
 
-        return RemoteBackend(settings.remote_base_url, settings.remote_model or "default", settings.remote_api_key)
-    from service.backends.local import LocalBackend
-    from service.model_init import ensure_base_model
-
-    ensure_base_model(settings)
-    with session_scope() as session:
-        current = service.ensure_champion(session, settings)
-        spec = (current.base_path, current.version, current.adapter_path)
-    return LocalBackend(*spec[:2], adapter_path=spec[2], device=settings.device,
-                        max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms)
+    return build_backend(settings)
 
 
 def bootstrap_admin(settings: Settings) -> None:

@@ -1,8 +1,10 @@
 """Thin routes: the OpenAI-compatible chat API, conversation reads and health/metrics."""
 
+import asyncio
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
@@ -15,7 +17,8 @@ from core.auth import AdminUser, ServiceUser
 from core.db import SessionDep, get_engine, session_scope
 from core.settings import Settings, get_settings
 from service import service
-from service.backends import Backend, Generation, SamplingParams, Started
+from service.backends import Backend, BackendError, Generation, SamplingParams, Started
+from service.backends.canary import CanaryBackend
 from service.metrics import CHAT_LATENCY, CHAT_REQUESTS, TOKENS
 from service.models import ConversationPublic, MessagePublic, new_id
 from service.schemas import (
@@ -23,6 +26,7 @@ from service.schemas import (
 )
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 def get_backend(request: Request) -> Backend:
@@ -53,6 +57,21 @@ def check_limits(messages: list[dict], settings: Settings) -> None:
                             f"a message exceeds {settings.max_content_chars} characters")
 
 
+def route(backend: Backend, conversation_id: str, pinned_version: str | None) -> Backend:
+    """The canary router picks champion or challenger; a plain backend serves everything."""
+    if isinstance(backend, CanaryBackend):
+        return backend.route(conversation_id, pinned_version)
+    return backend
+
+
+def backend_failure(exc: Exception) -> HTTPException:
+    """Input the model cannot serve is the client's 4xx; anything else is a 5xx with a JSON detail."""
+    if isinstance(exc, BackendError):
+        return HTTPException(exc.status_code, str(exc))
+    log.error("model backend failed", exc_info=exc)
+    return HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, f"model backend failed: {type(exc).__name__}")
+
+
 @router.post("/v1/chat/completions", response_model=ChatCompletion, tags=["chat"],
              summary="OpenAI-compatible chat completion (set `stream` for SSE)")
 async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, settings: SettingsDep,
@@ -61,37 +80,43 @@ async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, set
     check_limits(messages, settings)
     params = sampling(body, settings)
     is_new = body.conversation_id is None
-    if not is_new:
-        await run_in_threadpool(_assert_conversation, body.conversation_id)
+    pinned = None if is_new else await run_in_threadpool(_conversation_version, body.conversation_id)
     conversation_id = body.conversation_id or new_id("conv")
+    target = route(backend, conversation_id, pinned)
     reply_id, completion_id = new_id("msg"), new_id("chatcmpl")
     started = time.perf_counter()
 
-    def log(generation: Generation) -> None:
+    def record(generation: Generation) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
-        with session_scope() as session:
-            service.log_exchange(
-                session, conversation_id=conversation_id, is_new=is_new, end_user=body.user,
-                request_messages=messages, reply_id=reply_id, generation=generation, latency_ms=latency_ms,
-                params=params,
-            )
+        if settings.log_conversations:
+            with session_scope() as session:
+                service.log_exchange(
+                    session, conversation_id=conversation_id, is_new=is_new, end_user=body.user,
+                    request_messages=messages, reply_id=reply_id, generation=generation, latency_ms=latency_ms,
+                    params=params,
+                )
         CHAT_REQUESTS.labels(generation.model_version, str(body.stream).lower()).inc()
         CHAT_LATENCY.labels(str(body.stream).lower()).observe(latency_ms / 1000)
         TOKENS.labels("prompt").inc(generation.prompt_tokens)
         TOKENS.labels("completion").inc(generation.completion_tokens)
 
     if body.stream:
-        events = backend.stream(messages, params)
-        first = await anext(events)  # the version is fixed once decoding starts
-        assert isinstance(first, Started)
+        events = target.stream(messages, params)
+        try:
+            first = await anext(events)  # the version is fixed once decoding starts
+        except Exception as exc:
+            raise backend_failure(exc) from exc
         info = HitlInfo(conversation_id=conversation_id, message_id=reply_id, model_version=first.model_version)
         return StreamingResponse(
-            _sse(events, first, info, completion_id, log), media_type="text/event-stream",
+            _sse(events, first, info, completion_id, record), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    generation = await backend.complete(messages, params)
-    await run_in_threadpool(log, generation)
+    try:
+        generation = await target.complete(messages, params)
+    except Exception as exc:
+        raise backend_failure(exc) from exc
+    await run_in_threadpool(record, generation)
     return ChatCompletion(
         id=completion_id, model=generation.model_version,
         choices=[Choice(message=AssistantMessage(content=generation.text), finish_reason=generation.finish_reason)],
@@ -101,33 +126,57 @@ async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, set
     )
 
 
-async def _sse(events: AsyncIterator, first: Started, info: HitlInfo, completion_id: str, log) -> AsyncIterator[str]:
+async def _sse(events: AsyncIterator, first: Started, info: HitlInfo, completion_id: str,
+               record: Callable[[Generation], None]) -> AsyncIterator[str]:
+    """SSE chunks; a failure mid-stream ends with an error event, a client gone away keeps its partial reply."""
     model = first.model_version
-    yield _data(chunk(completion_id, model, {"role": "assistant", "content": ""}, hitl=info.model_dump()))
-    async for event in events:
-        if isinstance(event, str):
-            yield _data(chunk(completion_id, model, {"content": event}))
-        elif isinstance(event, Generation):
-            await run_in_threadpool(log, event)
-            usage = {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
-                     "total_tokens": event.prompt_tokens + event.completion_tokens}
-            yield _data(chunk(completion_id, model, {}, event.finish_reason, usage=usage))
-    yield "data: [DONE]\n\n"
+    parts: list[str] = []
+    finished = False
+
+    def partial(reason: str) -> Generation:  # completion_tokens counts streamed chunks (about one per token)
+        return Generation(text="".join(parts), model_version=model, prompt_tokens=first.prompt_tokens,
+                          completion_tokens=len(parts), finish_reason=reason)
+
+    try:
+        yield _data(chunk(completion_id, model, {"role": "assistant", "content": ""}, hitl=info.model_dump()))
+        async for event in events:
+            if isinstance(event, str):
+                parts.append(event)
+                yield _data(chunk(completion_id, model, {"content": event}))
+            elif isinstance(event, Generation):
+                finished = True
+                await run_in_threadpool(record, event)
+                usage = {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
+                         "total_tokens": event.prompt_tokens + event.completion_tokens}
+                yield _data(chunk(completion_id, model, {}, event.finish_reason, usage=usage))
+        yield "data: [DONE]\n\n"
+    except Exception as exc:
+        finished = True
+        error = backend_failure(exc)
+        await run_in_threadpool(record, partial("error"))
+        yield _data({"error": {"message": error.detail, "type": "server_error", "code": error.status_code}})
+    finally:
+        if not finished:  # the client disconnected: no await here, the task may be cancelled
+            loop = asyncio.get_running_loop()
+            loop.create_task(events.aclose())  # tells the decoder to drop the row
+            loop.run_in_executor(None, record, partial("cancelled"))
 
 
 def _data(payload: dict) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-def _assert_conversation(conversation_id: str) -> None:
+def _conversation_version(conversation_id: str) -> str | None:
+    """404 for an unknown conversation, else the version that started it."""
     with session_scope() as session:
         service.get_conversation(session, conversation_id)
+        return service.conversation_version(session, conversation_id)
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["chat"], summary="Servable model versions")
 def list_models(session: SessionDep, backend: BackendDep, _user: ServiceUser) -> ModelList:
     aliases = service.aliases_by_version(session)
-    versions = set(aliases) | {backend.version}
+    versions = set(aliases) | set(getattr(backend, "versions", [backend.version]))
     return ModelList(data=[ModelCard(id=v, aliases=sorted(aliases.get(v, []))) for v in sorted(versions)])
 
 

@@ -70,6 +70,20 @@ def champion(session: Session) -> ModelVersion | None:
     return session.get(ModelVersion, alias.version) if alias else None
 
 
+def aliased_versions(session: Session) -> dict[str, ModelVersion]:
+    """Each alias with the registry row it points at."""
+    rows = session.exec(select(ModelAlias, ModelVersion).where(ModelAlias.version == ModelVersion.version))
+    return {alias.alias: version for alias, version in rows}
+
+
+def conversation_version(session: Session, conversation_id: str) -> str | None:
+    """The model version that answered first in a conversation (a canary conversation sticks to it)."""
+    query = (select(Message.model_version).where(Message.conversation_id == conversation_id,
+                                                 Message.role == "assistant")
+             .order_by(col(Message.position)).limit(1))
+    return session.exec(query).first()
+
+
 def aliases_by_version(session: Session) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for alias in session.exec(select(ModelAlias)):

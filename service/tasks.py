@@ -6,25 +6,34 @@ import logging
 from core.db import session_scope
 from service import service
 from service.backends import Backend
+from service.backends.canary import CanaryBackend, Spec
 
 log = logging.getLogger(__name__)
 
 
-def champion_spec() -> tuple[str, str, str | None] | None:
+def alias_specs() -> dict[str, Spec]:
+    """What the `champion` and `challenger` aliases point at now."""
     with session_scope() as session:
-        current = service.champion(session)
-        return (current.version, current.base_path, current.adapter_path) if current else None
+        return {alias: Spec(row.version, row.base_path, row.adapter_path)
+                for alias, row in service.aliased_versions(session).items()}
+
+
+async def sync_aliases(backend: Backend) -> None:
+    """Serve what the registry says: swap the champion if its alias moved, load or drop the challenger."""
+    specs = await asyncio.to_thread(alias_specs)
+    champion = specs.get("champion")
+    if champion and champion.version != backend.version:
+        log.info("champion moved to %s; swapping", champion.version)
+        await backend.swap(champion.base_path, champion.version, champion.adapter_path)
+    if isinstance(backend, CanaryBackend):
+        await backend.set_challenger(specs.get("challenger"))
 
 
 async def follow_champion(backend: Backend, interval_s: float = 2.0) -> None:
-    """Hot-swap the backend whenever the `champion` alias moves (promotion or rollback, any process)."""
+    """Hot-swap the backend whenever the `champion` (or `challenger`) alias moves, from any process."""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            spec = await asyncio.to_thread(champion_spec)
-            if spec and spec[0] != backend.version:
-                version, base_path, adapter_path = spec
-                log.info("champion moved to %s; swapping", version)
-                await backend.swap(base_path, version, adapter_path)
-        except Exception:  # keep serving the current model; retry next tick
-            log.exception("champion swap failed")
+            await sync_aliases(backend)
+        except Exception:  # keep serving the current models; retry next tick
+            log.exception("following the registry aliases failed")

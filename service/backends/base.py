@@ -38,6 +38,29 @@ class Generation:
 Event = Started | str | Generation
 
 
+class BackendError(Exception):
+    """A failure the API reports as `status_code` with this message as its detail."""
+
+    status_code = 500
+
+    def __init__(self, message: str, status_code: int | None = None):
+        super().__init__(message)
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class BadRequest(BackendError):
+    """The request cannot be served as asked (e.g. prompt longer than the context): a 4xx, not a fault."""
+
+    status_code = 422
+
+
+class Unavailable(BackendError):
+    """The model is not running (closed, still loading) or its upstream cannot be reached."""
+
+    status_code = 503
+
+
 class Backend(ABC):
     """Yields `Started`, then text deltas (`str`), then one `Generation`."""
 

@@ -1,8 +1,11 @@
-"""In-process backend: one worker thread decodes concurrent requests together in a batch.
+"""In-process backend: one worker thread decodes concurrent requests together (continuous batching).
 
-Requests queue up; the worker takes up to `max_batch_size` of them, prefills them as one
-left-padded batch and decodes step by step with a shared KV cache, dropping rows as they
-finish. Text flows back to each request's asyncio queue, so the event loop never blocks.
+Requests queue up; the worker keeps one running batch with a shared KV cache. Between decode
+steps it admits waiting requests: it prefills them as a left-padded batch and merges their cache
+into the running one (left-padding the shorter side), so a request never waits for a whole batch
+to finish. Finished rows leave the batch at once. Text flows back to each request's asyncio
+queue, so the event loop never blocks. A hot swap loads the new model beside the old one; the
+running batch finishes on the model it started with and new requests are admitted on the new one.
 """
 
 import asyncio
@@ -15,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
-from service.backends.base import Backend, Event, Generation, SamplingParams, Started
+from service.backends.base import Backend, BadRequest, Event, Generation, SamplingParams, Started, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,8 @@ class _Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, event: Event | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
 @dataclass(frozen=True)
@@ -62,16 +68,24 @@ class _Loaded:
     tokenizer: object
     version: str
     eos_ids: frozenset[int]
+    max_positions: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
 
 class LocalBackend(Backend):
     def __init__(self, base_path: str | Path, version: str, adapter_path: str | Path | None = None,
-                 device: str | None = None, max_batch_size: int = 8, batch_wait_ms: float = 5.0):
+                 device: str | None = None, max_batch_size: int = 8, batch_wait_ms: float = 5.0,
+                 torch_threads: int = 0):
         self._spec = (base_path, adapter_path, version)
         self._device = device
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
+        self.torch_threads = torch_threads
         self._current: _Loaded | None = None
+        self._swap_lock = asyncio.Lock()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._worker: threading.Thread | None = None
 
@@ -85,25 +99,34 @@ class LocalBackend(Backend):
 
     async def start(self) -> None:
         base, adapter, version = self._spec
+        if self.torch_threads > 0:
+            torch.set_num_threads(self.torch_threads)
         await self.swap(base, version, adapter)
-        self._worker = threading.Thread(target=self._run, name="hitl-decoder", daemon=True)
+        self._worker = threading.Thread(target=self._run, name=f"hitl-decoder-{version}", daemon=True)
         self._worker.start()
 
     async def close(self) -> None:
         if self._worker:
             self._queue.put(None)
             await asyncio.to_thread(self._worker.join, 30)
+            self._worker = None
 
     async def swap(self, base_path: str | Path, version: str, adapter_path: str | Path | None = None) -> None:
-        """Load a model in the background, then switch to it atomically; running batches finish on the old one."""
-        model, tokenizer = await asyncio.to_thread(load_model, base_path, adapter_path, self._device)
-        eos = model.generation_config.eos_token_id
-        eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
-        eos_ids.add(tokenizer.eos_token_id)
-        self._current = _Loaded(model, tokenizer, version, frozenset(i for i in eos_ids if i is not None))
-        log.info("serving model version %s", version)
+        """Load a model in the background, then switch to it atomically; running rows finish on the old one."""
+        async with self._swap_lock:
+            model, tokenizer = await asyncio.to_thread(load_model, base_path, adapter_path, self._device)
+            eos = model.generation_config.eos_token_id
+            eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+            eos_ids.add(tokenizer.eos_token_id)
+            max_positions = getattr(model.config, "max_position_embeddings", None) or 2048
+            self._current = _Loaded(model, tokenizer, version, frozenset(i for i in eos_ids if i is not None),
+                                    max_positions)
+            self._spec = (base_path, adapter_path, version)
+            log.info("serving model version %s", version)
 
     async def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Event]:
+        if self._worker is None or not self._worker.is_alive():
+            raise Unavailable(f"model {self.version} is not running")
         request = _Request(messages, params, asyncio.get_running_loop(), asyncio.Queue())
         self._queue.put(request)
         try:
@@ -121,66 +144,216 @@ class LocalBackend(Backend):
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        batch: _Batch | None = None
+        stopping = False
         while True:
+            admitted = self._take(batch, block=batch is None and not stopping)
+            if admitted is None:  # shutdown requested
+                stopping = True
+                admitted = []
+            if admitted:
+                loaded = batch.loaded if batch else self._current
+                try:
+                    fresh = _Batch.prefill(loaded, admitted)
+                except Exception as exc:  # a failed prefill fails only the requests it held
+                    log.exception("prefill failed")
+                    for request in admitted:
+                        request.emit(exc)
+                    fresh = None
+                if fresh is not None:
+                    batch = fresh if batch is None else batch.merge(fresh)
+            if batch is not None:
+                try:
+                    batch.step()
+                except Exception as exc:  # a failed step fails its rows, not the server
+                    log.exception("decode step failed")
+                    batch.fail(exc)
+                if batch.empty:
+                    batch = None
+            if stopping and batch is None:
+                self._refuse_waiting()
+                return
+
+    def _refuse_waiting(self) -> None:
+        """Requests that raced with `close()` get an error instead of waiting forever."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item.emit(Unavailable(f"model {self.version} was closed"))
+
+    def _take(self, batch: "_Batch | None", block: bool) -> list[_Request] | None:
+        """Requests to admit now: block for the first when idle, then gather for `batch_wait`."""
+        if batch is not None and (batch.loaded is not self._current or not batch.can_merge):
+            return []  # drain the batch on its own model before starting on the new one
+        room = self.max_batch_size - (len(batch.rows) if batch else 0)
+        taken: list[_Request] = []
+        if block:
             first = self._queue.get()
             if first is None:
-                return
-            batch = [first]
-            deadline = time.monotonic() + self.batch_wait
-            while len(batch) < self.max_batch_size:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                batch.append(item)
+                return None
+            taken.append(first)
+        deadline = time.monotonic() + (self.batch_wait if block else 0)
+        while len(taken) < room:
             try:
-                self._decode(batch)
-            except Exception as exc:  # a failed batch fails its requests, not the server
-                log.exception("decode failed")
-                for request in batch:
-                    request.emit(exc)
+                wait = deadline - time.monotonic()
+                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # seen again once the running rows are done
+                break
+            taken.append(item)
+        return [r for r in taken if not r.cancelled.is_set()]
 
+
+class _Batch:
+    """Running rows sharing one left-padded KV cache; each row feeds back the token it sampled last."""
+
+    def __init__(self, loaded: _Loaded, rows: list["_Row"], cache: DynamicCache, mask: torch.Tensor,
+                 positions: torch.Tensor, tokens: list[int]):
+        self.loaded, self.rows, self.cache = loaded, rows, cache
+        self.mask, self.positions, self.tokens = mask, positions, tokens  # mask covers the cache only
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows
+
+    @property
+    def can_merge(self) -> bool:
+        return all(type(layer) in (DynamicLayer, _GrowingLayer) for layer in self.cache.layers)
+
+    @classmethod
     @torch.inference_mode()
-    def _decode(self, batch: list[_Request]) -> None:
-        loaded = self._current
-        tok, model = loaded.tokenizer, loaded.model
-        device = next(model.parameters()).device
-        prompts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in batch]
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        mask = enc["attention_mask"]
+    def prefill(cls, loaded: _Loaded, requests: list[_Request]) -> "_Batch | None":
+        """Prefill new requests as one left-padded batch; refuse those whose prompt does not fit."""
+        tok, model, device = loaded.tokenizer, loaded.model, loaded.device
+        prompts, admitted = [], []
+        for request in requests:
+            text = tok.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            if len(ids) + request.params.max_tokens > loaded.max_positions:
+                request.emit(BadRequest(
+                    f"prompt ({len(ids)} tokens) plus max_tokens ({request.params.max_tokens}) exceeds the "
+                    f"context window of {loaded.max_positions} tokens"))
+                continue
+            prompts.append(ids)
+            admitted.append(request)
+        if not admitted:
+            return None
+        width = max(len(ids) for ids in prompts)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        rows = [_Row(r, int(m.sum()), tok, loaded.version) for r, m in zip(batch, mask)]
+        rows = [_Row(r, len(ids), tok, loaded.version) for r, ids in zip(admitted, prompts)]
         for row in rows:
             row.request.emit(Started(loaded.version, row.prompt_tokens))
+        cache = _growing_cache(model.config)
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        batch = cls(loaded, rows, cache, mask, positions[:, -1] + 1, [])
+        batch._sample(logits)
+        return None if batch.empty else batch
 
-        cache = DynamicCache()
-        logits = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions,
-                       past_key_values=cache, use_cache=True).logits[:, -1, :]
-        live = list(range(len(rows)))  # cache row i belongs to rows[live[i]]
-        while live:
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            next_ids, keep = [], []
-            for i, idx in enumerate(live):
-                row = rows[idx]
-                token = row.sample(logprobs[i])
-                if row.step(token, loaded.eos_ids):
-                    keep.append(i)
-                    next_ids.append(token)
-            if not keep:
-                break
-            if len(keep) < len(live):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, positions = mask[index], positions[index]
-                live = [live[i] for i in keep]
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-            positions = positions[:, -1:] + 1
-            ids = torch.tensor(next_ids, device=device).unsqueeze(1)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                           past_key_values=cache, use_cache=True).logits[:, -1, :]
+    @torch.inference_mode()
+    def step(self) -> None:
+        device = self.loaded.device
+        mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        ids = torch.tensor(self.tokens, device=device).unsqueeze(1)
+        logits = self.loaded.model(input_ids=ids, attention_mask=mask, position_ids=self.positions.unsqueeze(1),
+                                   cache=self.cache, use_cache=True).logits[:, -1, :]
+        self.mask, self.positions = mask, self.positions + 1
+        self._sample(logits)
+
+    def _sample(self, logits: torch.Tensor) -> None:
+        """Sample one token per row, stream it, and drop the rows that finished."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        keep, tokens = [], []
+        for i, row in enumerate(self.rows):
+            token = row.sample(logprobs[i])
+            if row.step(token, self.loaded.eos_ids):
+                keep.append(i)
+                tokens.append(token)
+        self.tokens = tokens
+        if len(keep) < len(self.rows):
+            self._select(keep)
+
+    def _select(self, keep: list[int]) -> None:
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            return
+        index = torch.tensor(keep, device=self.mask.device)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        if not self.can_merge:
+            self.cache.batch_select_indices(index)
+            return
+        start = int(self.mask.any(0).int().argmax())  # columns that are padding in every kept row
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
+        self.mask = self.mask[:, start:]
+
+    def merge(self, other: "_Batch") -> "_Batch":
+        """Append `other`'s rows, left-padding the shorter cache so that both line up."""
+        length = max(self.mask.shape[1], other.mask.shape[1])
+
+        def pad(t: torch.Tensor, seq_dim_from_end: int) -> torch.Tensor:
+            missing = length - t.shape[-seq_dim_from_end]
+            return F.pad(t, (0, 0) * (seq_dim_from_end - 1) + (missing, 0)) if missing else t
+
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)])
+            mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)])
+        self.mask = torch.cat([pad(self.mask, 1), pad(other.mask, 1)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.rows += other.rows
+        self.tokens += other.tokens
+        return self
+
+    def fail(self, exc: BaseException) -> None:
+        for row in self.rows:
+            row.request.emit(exc)
+        self.rows = []
+
+
+class _GrowingLayer(DynamicLayer):
+    """A KV layer that appends into spare capacity instead of re-allocating on every step."""
+
+    headroom = 64
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._kbuf = self._vbuf = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = self.get_seq_length()
+        need = n + key_states.shape[-2]
+        kbuf = self._kbuf
+        if kbuf is None or self.keys.data_ptr() != kbuf.data_ptr() or self.keys.shape[0] != kbuf.shape[0] \
+                or need > kbuf.shape[-2]:
+            self._kbuf, self._vbuf = self._grow(self.keys, key_states, n, need), self._grow(self.values, value_states, n, need)
+        self._kbuf[:, :, n:need] = key_states
+        self._vbuf[:, :, n:need] = value_states
+        self.keys, self.values = self._kbuf[:, :, :need], self._vbuf[:, :, :need]
+        return self.keys, self.values
+
+    def _grow(self, old: torch.Tensor, new: torch.Tensor, n: int, need: int) -> torch.Tensor:
+        b, h, _, d = new.shape
+        buf = new.new_empty(b, h, need + self.headroom, d)
+        if n:
+            buf[:, :, :n] = old
+        return buf
+
+
+def _growing_cache(config) -> DynamicCache:
+    cache = DynamicCache(config=config)
+    if all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [_GrowingLayer() for _ in cache.layers]
+    return cache
 
 
 class _Row:

@@ -1,0 +1,35 @@
+"""Build the serving backend from settings: champion (local or remote), wrapped for canary routing."""
+
+from core.settings import Settings
+from service.backends.base import Backend
+from service.backends.canary import CanaryBackend, Spec
+
+
+def backend_for(settings: Settings, spec: Spec) -> Backend:
+    """One backend serving one registry version."""
+    if settings.backend == "openai":
+        from service.backends.remote import RemoteBackend
+
+        return RemoteBackend(settings.remote_base_url, spec.version, settings.remote_api_key)
+    from service.backends.local import LocalBackend
+
+    return LocalBackend(spec.base_path, spec.version, adapter_path=spec.adapter_path, device=settings.device,
+                        max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms,
+                        torch_threads=settings.torch_threads)
+
+
+def build_backend(settings: Settings) -> CanaryBackend:
+    """The champion from the registry (registering the base model on a fresh store), ready for a canary."""
+    from core.db import session_scope
+    from service import service
+
+    if settings.backend == "openai":
+        spec = Spec(settings.remote_model or "default", "")
+    else:
+        from service.model_init import ensure_base_model
+
+        ensure_base_model(settings)
+        with session_scope() as session:
+            current = service.ensure_champion(session, settings)
+            spec = Spec(current.version, current.base_path, current.adapter_path)
+    return CanaryBackend(backend_for(settings, spec), lambda s: backend_for(settings, s), settings.canary_share)
