@@ -41,6 +41,7 @@ class Settings(BaseSettings):
 
     log_format: Literal["text", "json"] = Field("text", description="`json` for one structured object per line.")
     scheduler_enabled: bool = Field(True, description="Run the retrain scheduler inside `hitl serve`.")
+    gate_policy: Path | None = Field(None, description="YAML gate policy merged over evaluators/policy.yaml.")
 
     review_rubric: list[str] = Field(["correctness", "helpfulness", "tone"], description="Rubric dimensions (Likert 1-5).")
     review_guidelines: dict[str, str] = Field({
