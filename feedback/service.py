@@ -250,9 +250,9 @@ def set_gold(session: Session, admin: User, message_id: str, scores: dict[str, i
     item = session.get(ReviewItem, message_id)
     session.refresh(item)
     before = snapshot(item)
-    item.gold_scores, item.updated_at = scores, utcnow()
+    item.gold_scores, item.reason, item.updated_at = scores, "gold", utcnow()
     if item.priority is None or item.status != ReviewItemStatus.open:
-        item.priority, item.reason, item.status = 1.0 + random.random(), "gold", ReviewItemStatus.open
+        item.priority, item.status = 1.0 + random.random(), ReviewItemStatus.open
     session.add(item)
     session.flush()
     audit(session, admin, "item.gold", "reviewitem", message_id, message_id, before, snapshot(item))
