@@ -4,7 +4,7 @@ from html import escape
 
 PALETTE = ("#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed", "#0891b2")
 W, H = 560, 220
-LEFT, RIGHT, TOP, BOTTOM = 44, 12, 14, 46
+LEFT, RIGHT, TOP, BOTTOM = 44, 26, 18, 40
 
 
 def _nice_max(value: float) -> float:
@@ -57,6 +57,9 @@ def bars(title: str, labels: list[str], series: dict[str, list[float]], *, perce
             body.append(f'<rect x="{x0 + j * bar_w:.1f}" y="{TOP + plot_h - h:.1f}" width="{bar_w - 1:.1f}" '
                         f'height="{h:.1f}" fill="{PALETTE[j % len(PALETTE)]}" rx="2">'
                         f'<title>{escape(name)} · {escape(label)}: {shown}</title></rect>')
+            if len(labels) * len(names) <= 16:  # few bars: print the value on top
+                body.append(f'<text x="{x0 + j * bar_w + bar_w / 2:.1f}" y="{TOP + plot_h - h - 4:.1f}" '
+                            f'text-anchor="middle" class="value">{shown}</text>')
         if i % every == 0:
             cx = LEFT + group * (i + 0.5)
             short = label if len(label) <= 14 else label[:13] + "…"

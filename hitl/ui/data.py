@@ -160,7 +160,7 @@ def _aware(value: datetime) -> datetime:
 
 def _summary(kind: str, row: Any) -> str:
     if kind == "Thumbs":
-        return f"👍" if str(getattr(row.thumbs, "value", row.thumbs)) == "up" else "👎"
+        return "thumbs " + str(getattr(row.thumbs, "value", row.thumbs)) + (f": {row.comment}" if row.comment else "")
     if kind == "Rating":
         return ", ".join(f"{k} {v}" for k, v in (row.scores or {}).items())
     if kind == "Correction":
@@ -248,7 +248,9 @@ def models(session: Session) -> list[dict[str, Any]]:
         aliases[alias.version].append(alias.alias)
     out = []
     for version in session.exec(select(ModelVersion).order_by(col(ModelVersion.created_at).desc())):
-        out.append({"v": version, "aliases": sorted(aliases.get(version.version, [])),
+        report = version.gate_report or {}
+        decision = report.get("decision") or ({True: "passed", False: "failed"}.get(report.get("passed")))
+        out.append({"v": version, "aliases": sorted(aliases.get(version.version, [])), "decision": decision,
                     "report": json.dumps(version.gate_report, indent=2, default=str) if version.gate_report else None})
     return out
 

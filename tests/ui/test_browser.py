@@ -228,3 +228,35 @@ def test_admin_dashboard_and_pages(page, live_server, api, admin_key):
     page.wait_for_url(re.compile(r"/login"))
     sign_in(page, reviewer, "/review")
     assert page.goto("/admin").status == 403
+
+
+def test_registry_promote_and_rollback_with_confirmation(page, live_server, api, admin_key, tiny_model_dir):
+    if api.get("/api/models").status_code == 404:
+        pytest.skip("registry API not mounted")
+    from core.db import session_scope
+    from service.models import ModelVersion
+
+    with session_scope() as s:
+        s.add(ModelVersion(version="v2", base_path=str(tiny_model_dir), status="candidate",
+                           gate_report={"passed": True, "decision": "promote", "reasons": ["all gates passed"]}))
+    sign_in(page, admin_key, "/admin/models")
+    dialogs = []
+
+    def answer(dialog):
+        dialogs.append(dialog.message)
+        dialog.accept("looks better" if dialog.type == "prompt" else None)
+
+    page.on("dialog", answer)
+    page.get_by_role("button", name="Promote").click()
+    page.locator("#versions tr", has_text="v2").locator(".badge-accent", has_text="champion").wait_for()
+    assert "Promote v2 to champion?" in dialogs[0]
+    versions = {v["version"]: v for v in api.get("/api/models").json()["data"]}
+    assert "champion" in versions["v2"]["aliases"]
+    assert "looks better" in page.locator("#history").inner_text()
+    page.get_by_text("Gate report for v2").click()
+    shot(page, "admin-models-promoted")
+
+    page.get_by_role("button", name="Roll back champion").click()
+    page.locator("#versions tr", has_text="base").locator(".badge-accent", has_text="champion").wait_for()
+    versions = {v["version"]: v for v in api.get("/api/models").json()["data"]}
+    assert "champion" in versions["base"]["aliases"]

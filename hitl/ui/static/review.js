@@ -96,6 +96,8 @@
     comment$.value = "";
     for (const input of document.querySelectorAll("#review-form input")) input.checked = false;
     $("compare").hidden = true;
+    $("cand-a").classList.remove("cand-chosen");
+    $("cand-b").classList.remove("cand-chosen");
     for (const b of document.querySelectorAll(".choice")) b.setAttribute("aria-pressed", "false");
     formError$.textContent = "";
     setActiveDim(0);
@@ -199,7 +201,9 @@
     for (const [op, text] of wordDiff(state.original, now)) {
       if (op === "eq") frag.push(document.createTextNode(text));
       else {
-        frag.push(el(op, {}, text));
+        // whitespace-only edits stay visible: ⏎ for line breaks, · for spaces
+        const shown = text.trim() ? text : text.replace(/ /g, "·").replace(/\n/g, "⏎\n");
+        frag.push(el(op, {}, shown));
         if (op === "ins") added += text.trim().split(/\s+/).filter(Boolean).length;
         else removed += text.trim().split(/\s+/).filter(Boolean).length;
       }
