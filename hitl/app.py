@@ -11,6 +11,7 @@ from core.auth import create_user
 from core.db import migrate, session_scope
 from core.models import Role, User
 from core.settings import Settings, get_settings
+from evaluators import endpoints as evaluators_endpoints
 from feedback import endpoints as feedback_endpoints
 from hitl.ui import endpoints as ui_endpoints
 from service import endpoints as service_endpoints
@@ -68,6 +69,7 @@ def create_app(backend: Backend | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(service_endpoints.router)
+    app.include_router(evaluators_endpoints.router)
     app.include_router(ui_endpoints.router)
     app.mount("/ui/static", ui_endpoints.static, name="ui-static")
     app.include_router(feedback_endpoints.router)
