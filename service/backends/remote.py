@@ -1,15 +1,22 @@
-"""Remote backend: any OpenAI-compatible server (e.g. vLLM serving LoRA adapters)."""
+"""Remote backend: any OpenAI-compatible server (e.g. vLLM serving LoRA adapters, or another hitl).
+
+The registry version is the upstream model name, so a swap only changes the name asked for.
+Upstream input errors (400/413/422) stay the client's 4xx; anything else is a 502/503.
+"""
 
 from collections.abc import AsyncIterator
 
+import openai
 from openai import AsyncOpenAI
 
-from service.backends.base import Backend, Event, Generation, SamplingParams, Started
+from service.backends.base import Backend, BackendError, BadRequest, Event, Generation, SamplingParams, Started, Unavailable
+
+CLIENT_ERRORS = {400, 413, 422}
 
 
 class RemoteBackend(Backend):
-    def __init__(self, base_url: str, model: str, api_key: str = "EMPTY"):
-        self._client = AsyncOpenAI(base_url=base_url, api_key=api_key)
+    def __init__(self, base_url: str, model: str, api_key: str = "EMPTY", timeout_s: float = 600):
+        self._client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s)
         self._model = model
 
     @property
@@ -25,27 +32,40 @@ class RemoteBackend(Backend):
 
     async def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Event]:
         model = self._model
-        response = await self._client.chat.completions.create(
-            model=model, messages=messages, stream=True, stream_options={"include_usage": True},
-            temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
-            stop=list(params.stop) or None, seed=params.seed,
-        )
-        parts, finish, usage, started = [], "stop", None, False
-        async for chunk in response:
-            if not started:
-                started = True
-                yield Started(model, 0)
-            if chunk.usage:
-                usage = chunk.usage
-            for choice in chunk.choices:
-                if choice.delta.content:
-                    parts.append(choice.delta.content)
-                    yield choice.delta.content
-                if choice.finish_reason:
-                    finish = choice.finish_reason
+        try:
+            response = await self._client.chat.completions.create(
+                model=model, messages=messages, stream=True, stream_options={"include_usage": True},
+                temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
+                stop=list(params.stop) or None, seed=params.seed,
+            )
+            parts, finish, usage = [], "stop", None
+            yield Started(model, 0)
+            async for chunk in response:
+                if chunk.usage:
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        parts.append(choice.delta.content)
+                        yield choice.delta.content
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+        except openai.APIStatusError as exc:
+            if exc.status_code in CLIENT_ERRORS:
+                raise BadRequest(_detail(exc), exc.status_code) from exc
+            raise BackendError(f"upstream answered {exc.status_code}: {_detail(exc)}", 502) from exc
+        except openai.APIConnectionError as exc:  # includes timeouts
+            raise Unavailable(f"upstream unreachable: {exc}") from exc
+        except openai.APIError as exc:  # an error event in the middle of the stream
+            raise BackendError(f"upstream failed: {exc.message}", 502) from exc
         yield Generation(
             text="".join(parts), model_version=model,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else len(parts),
             finish_reason=finish,
         )
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    detail = body.get("detail") or body.get("message") or exc.message
+    return detail if isinstance(detail, str) else str(detail)
