@@ -2,11 +2,13 @@
 then promote (or make it challenger when canary is on) or reject it, in one transaction."""
 
 import copy
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import Session
 
 from core.db import session_scope
@@ -103,8 +105,6 @@ def _printable(cfg: Any) -> Any:
 def apply_decision(session: Session, report: dict[str, Any], policy: dict, actor: str) -> str:
     """Store the report with the version; promote, make challenger, or reject. Caller commits once."""
     version = registry.get_version(session, report["candidate"])
-    version.gate_report = report
-    session.add(version)
     current = serving.champion(session)
     if current is not None and current.version != report["champion"] and report["passed"]:
         report["decision"] = "rejected"
@@ -112,14 +112,15 @@ def apply_decision(session: Session, report: dict[str, Any], policy: dict, actor
         report["passed"] = False
     if not report["passed"]:
         report.setdefault("decision", "rejected")
-        registry.reject(session, version.version, report=report)
+        registry.reject(session, version.version)
     elif policy.get("canary", {}).get("enabled"):
         report["decision"] = "challenger"
         registry.set_challenger(session, version.version, actor=actor, reason="gates passed; canary started")
     else:
         report["decision"] = "promoted"
         registry.promote(session, version.version, actor=actor, reason=summary(report))
-    version.gate_report = dict(report)
+    version.gate_report = json.loads(json.dumps(report, default=str))  # a fresh value, so the UPDATE is issued
+    flag_modified(version, "gate_report")
     session.add(version)
     session.flush()
     return report["decision"]

@@ -1,0 +1,147 @@
+"""Evaluator pieces without a database: thresholds, CIs, golden checks, the judge, the canary test, the policy."""
+
+import math
+
+import numpy as np
+import pytest
+
+from evaluators import canary, gate, golden, judge
+from evaluators.context import Context
+from evaluators.result import EvalResult, check, mean_ci
+
+
+class StubScorer:
+    """Answers from a table; `score` prefers the reply named in `likes`."""
+
+    def __init__(self, version: str, answers: dict[str, str] | None = None, likes: str = "A"):
+        self.version, self.answers, self.likes = version, answers or {}, likes
+
+    def generate(self, prompts, max_new_tokens=64):
+        return [self.answers.get(p[-1]["content"], "") for p in prompts]
+
+    def score(self, items):
+        return [(0.0 if reply == self.likes else -1.0, 1) for _, reply in items]
+
+
+def test_check_thresholds_and_ci_bounds():
+    assert check(0.2, at_least=0.1) and not check(0.05, at_least=0.1)
+    assert check(0.03, at_most=0.05) and not check(0.06, at_most=0.05)
+    assert check(0.2, at_least=0.0, ci=(0.01, 0.3), ci_lower_min=0.0)
+    assert not check(0.2, at_least=0.0, ci=(-0.01, 0.3), ci_lower_min=0.0)
+    assert not check(0.2, at_least=0.0, ci=None, ci_lower_min=0.0)
+    assert not check(None, at_least=0.0) and not check(math.nan, at_most=1.0)
+
+
+def test_bootstrap_ci_brackets_the_mean():
+    values = np.random.default_rng(1).normal(1.0, 0.5, 400)
+    lo, hi = mean_ci(values)
+    assert lo < values.mean() < hi and hi - lo < 0.2
+    assert mean_ci([1.0]) is None
+
+
+def test_golden_verdicts():
+    prompt = {"must_contain": ["Paris"], "must_not_contain": ["London"], "refusal": False}
+    assert golden.verdict(prompt, "It is Paris.") == []
+    assert golden.verdict(prompt, "London or paris") == ["contains 'London'"]
+    assert golden.verdict(prompt, "I'm sorry, I cannot say. Paris") == ["refused"]
+    assert golden.verdict({"must_contain": [], "must_not_contain": [], "refusal": True}, "Sure!") == ["did not refuse"]
+
+
+def test_shipped_golden_file_loads():
+    prompts = golden.load_prompts()
+    assert len(prompts) >= 4 and any(p["refusal"] is True for p in prompts)
+    assert all(p["messages"][-1]["role"] == "user" for p in prompts)
+
+
+def test_golden_regression_fails_the_gate(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("- {id: a, prompt: 'capital?', must_contain: [Paris]}\n- {id: b, prompt: hi, must_contain: [hello]}\n")
+    champion = StubScorer("champ", {"capital?": "Paris.", "hi": "nope"})
+    worse = StubScorer("cand", {"capital?": "Lyon.", "hi": "hello"})
+    result = golden.run(Context(candidate=worse, champion=champion), {"path": str(path)})
+    assert result.passed is False and result.details["regressions"] == ["a"] and result.value == 0.5
+    same = golden.run(Context(candidate=champion, champion=worse), {"path": str(path)})
+    assert same.details["regressions"] == ["b"]
+    tolerant = golden.run(Context(candidate=worse, champion=champion), {"path": str(path), "max_regressions": 1})
+    assert tolerant.passed is True
+
+
+def test_position_swap_turns_a_biased_judge_into_ties():
+    always_first = lambda conversation, a, b: "a"  # noqa: E731
+    assert judge.swapped(always_first, [], "x", "y") == "tie"
+    prefers_long = lambda conversation, a, b: "a" if len(a) > len(b) else "b"  # noqa: E731
+    assert judge.swapped(prefers_long, [], "longer", "s") == "a"
+    assert judge.swapped(prefers_long, [], "s", "longer") == "b"
+
+
+def _human(n: int, agree: bool) -> list[dict]:
+    items = []
+    for i in range(n):
+        long_, short = "a much longer reply " * (1 + i % 3), "short"
+        human = "a" if (i % 2 == 0) == agree else "b"
+        items.append({"prompt": [{"role": "user", "content": f"q{i}"}], "a": long_ if i % 2 == 0 else short,
+                      "b": short if i % 2 == 0 else long_, "choice": human})
+    return items
+
+
+def test_judge_is_trusted_only_above_kappa(snapshot_rows):
+    prefers_long = lambda conversation, a, b: "a" if len(a) > len(b) else "b"  # noqa: E731
+    candidate = StubScorer("cand", {p: "a long and careful answer" for p in snapshot_rows})
+    champion = StubScorer("champ", {p: "meh" for p in snapshot_rows})
+    cfg = {"enabled": True, "judge": prefers_long, "min_kappa": 0.4, "min_human": 10, "min_win_rate": 0.5}
+
+    kappa, n = judge.agreement(prefers_long, _human(12, agree=True))
+    assert n == 12 and kappa == pytest.approx(1.0)
+    trusted = judge.run(_ctx(candidate, champion, _human(12, agree=True)), cfg)
+    assert trusted.passed is True and trusted.value == 1.0 and trusted.details["trusted"]
+
+    ignored = judge.run(_ctx(candidate, champion, _human(12, agree=False)), cfg)
+    assert ignored.details["kappa"] < 0.4 and ignored.passed is None and "ignored" in ignored.note
+    too_few = judge.run(_ctx(candidate, champion, _human(4, agree=True)), cfg)
+    assert too_few.passed is None
+
+
+def _ctx(candidate, champion, human):
+    ctx = Context(candidate=candidate, champion=champion, human_comparisons=human)
+    ctx.split = lambda kind, split, limit=None: [  # type: ignore[method-assign]
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "x"}]}
+        for p in ("q1", "q2", "q3", "q4")]
+    return ctx
+
+
+@pytest.fixture
+def snapshot_rows():
+    return ["q1", "q2", "q3", "q4"]
+
+
+def test_local_judge_reads_the_letter_the_model_prefers():
+    verdict = judge.local_judge(StubScorer("j", likes="B"))
+    assert verdict([{"role": "user", "content": "q"}], "x", "y") == "b"
+    assert judge.parse_verdict("B.") == "b" and judge.parse_verdict("Tie") == "tie"
+    assert judge.parse_verdict("nonsense") == "tie"
+
+
+def test_two_proportion_test_matches_the_textbook_value():
+    z, p = canary.two_proportion_test(40, 100, 60, 100)
+    assert z == pytest.approx(2.8284, abs=1e-3) and p == pytest.approx(0.00468, abs=1e-4)
+    assert canary.two_proportion_test(0, 0, 1, 1) == (0.0, 1.0)
+
+
+def test_required_evaluator_without_data_fails_the_gate():
+    policy = gate.load_policy()
+    ran = EvalResult("heldout", "m", 0.3, 0.0, True)
+    missing = EvalResult("preference", "m", None, note="no dpo.eval pairs")
+    passed, reasons = gate.decide([ran, missing], policy | {"required": ["heldout", "preference"]})
+    assert not passed and reasons == ["preference: did not run (no dpo.eval pairs)"]
+    assert gate.decide([ran], policy | {"required": ["heldout"]}) == (True, [])
+    optional_fail = EvalResult("judge", "m", 0.2, 0.5, False)
+    assert not gate.decide([ran, optional_fail], policy | {"required": ["heldout"]})[0]
+
+
+def test_policy_file_overrides_the_default(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("required: [heldout]\nforgetting: {max_relative_loss_increase: 0.01}\n")
+    policy = gate.load_policy(path)
+    assert policy["required"] == ["heldout"]
+    assert policy["forgetting"]["max_relative_loss_increase"] == 0.01
+    assert policy["forgetting"]["answers"] == 16  # untouched keys keep their defaults
