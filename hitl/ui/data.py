@@ -228,18 +228,22 @@ def runs(session: Session) -> list[Any] | None:
 
 
 def run_logs(run: Any, max_chars: int = 20_000) -> list[tuple[str, str]]:
-    """Tails of the text logs written under the run's artifacts dir."""
-    path = getattr(run, "artifacts_path", None)
-    if not path or not Path(path).is_dir():
-        return []
-    found = []
-    for log in sorted(Path(path).rglob("*.log"))[:5] + sorted(Path(path).rglob("*.jsonl"))[:2]:
+    """Tails of the run's log file and of the text logs under its artifacts dir."""
+    files: list[tuple[str, Path]] = []
+    if (log_path := getattr(run, "log_path", None)) and Path(log_path).is_file():
+        files.append((Path(log_path).name, Path(log_path)))
+    if (path := getattr(run, "artifacts_path", None)) and Path(path).is_dir():
+        root = Path(path)
+        found = sorted(root.rglob("*.log"))[:5] + sorted(root.rglob("trainer_log*.jsonl"))[:2]
+        files += [(str(f.relative_to(root)), f) for f in found if not log_path or f.resolve() != Path(log_path).resolve()]
+    out = []
+    for name, file in files:
         try:
-            text = log.read_text(errors="replace")
+            text = file.read_text(errors="replace")
         except OSError:
             continue
-        found.append((str(log.relative_to(path)), text[-max_chars:]))
-    return found
+        out.append((name, text[-max_chars:]))
+    return out
 
 
 def models(session: Session) -> list[dict[str, Any]]:

@@ -45,7 +45,7 @@ def browser():
 def page(browser, live_server):
     context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=live_server.url)
     page = context.new_page()
-    page.set_default_timeout(20_000)
+    page.set_default_timeout(30_000)  # a loaded 2-core CI box
     yield page
     context.close()
 
@@ -84,6 +84,21 @@ def audit(api, message_id: str) -> dict[str, list[dict]]:
     for row in rows:
         found.setdefault(row["action"], []).append(row)
     return found
+
+
+def fake_run(tmp_path) -> int:
+    """A finished retrain run with a log file, written the way the training part records one."""
+    from core.db import session_scope
+    from retrain.training.models import RetrainRun
+
+    log = tmp_path / "run.log"
+    log.write_text("step 5 loss 2.50\nstep 10 loss 1.23\n")
+    with session_scope() as s:
+        run = RetrainRun(status="failed", reason="manual", error="CUDA out of memory", log_path=str(log),
+                         metrics={"sft": {"train_loss": 1.23}}, plan={"methods": ["sft"]})
+        s.add(run)
+        s.flush()
+        return run.id
 
 
 def test_wrong_key_is_refused(page, live_server):
@@ -170,15 +185,37 @@ def test_expired_lease_is_handled(page, live_server, api):
     (message_id,) = queue_replies(live_server, 1)
     sign_in(page, make_key("reviewer"))
     page.locator("#item").wait_for(state="visible")
-    # make the lease run out: the page warns, and a write on the lost item explains instead of failing silently
-    page.evaluate("() => { const t = Date.now(); Date.now = () => t + 3600 * 1000; }")
+    # the lease runs out (in the store and on the page's clock): the page warns ...
+    from sqlmodel import update
+
+    from core.db import session_scope
+    from core.models import utcnow
+    from feedback.models import ReviewClaim
+
+    with session_scope() as s:
+        s.exec(update(ReviewClaim).where(ReviewClaim.message_id == message_id).values(lease_expires_at=utcnow()))
+    page.evaluate("() => { window.realNow = Date.now; const t = Date.now(); Date.now = () => t + 3600 * 1000; }")
     page.locator("#banner").filter(has_text="lease").wait_for()
     assert page.locator("#lease-countdown").inner_text() == "expired"
+    # ... and a late submit explains what happened and offers the next item instead of failing silently
+    for key in "333":
+        page.keyboard.press(key)
+    page.keyboard.press("Control+Enter")
+    page.locator("#banner").filter(has_text="no longer yours").wait_for()
+    assert "rating.create" not in audit(api, message_id)
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "review-lease-expired-narrow")
+    page.evaluate("() => { Date.now = window.realNow; }")
+    page.get_by_role("button", name="Next item").click()
+    page.locator("#toast").filter(has_text="unsent work is restored").wait_for()  # nobody else took it
+    assert page.locator("#item-meta").inner_text() == message_id and page.locator("#banner").is_hidden()
+    assert page.locator('input[name="dim-tone"]:checked').get_attribute("value") == "3"  # the draft survived
+    page.keyboard.press("Control+Enter")
+    page.locator("#empty").wait_for(state="visible")
+    assert audit(api, message_id)["rating.create"][0]["after"]["scores"]["tone"] == 3
 
 
-def test_admin_dashboard_and_pages(page, live_server, api, admin_key):
+def test_admin_dashboard_and_pages(page, live_server, api, admin_key, tmp_path):
     (message_id,) = queue_replies(live_server, 1)
     reviewer = make_key("reviewer", "omar")
     with live_server.client(reviewer) as client:
@@ -219,9 +256,25 @@ def test_admin_dashboard_and_pages(page, live_server, api, admin_key):
     page.get_by_role("navigation", name="Admin sections").get_by_role("link", name="Model registry").click()
     assert "base" in page.locator("#versions").inner_text()
     shot(page, "admin-models")
-    for name, path in [("Datasets", "admin-datasets"), ("Retrain runs", "admin-runs")]:
-        page.get_by_role("navigation", name="Admin sections").get_by_role("link", name=name).click()
-        shot(page, path)
+    page.get_by_role("navigation", name="Admin sections").get_by_role("link", name="Datasets").click()
+    if api.get("/api/datasets").status_code != 404:
+        page.get_by_role("button", name="Build snapshot now").click()
+        page.locator("#snapshots").wait_for()
+        snapshot = api.get("/api/datasets").json()["data"][0]
+        assert snapshot["hash"][:12] in page.locator("#snapshots").inner_text()
+        page.get_by_role("button", name="Manifest").first.click()
+        page.locator("pre").filter(has_text=snapshot["hash"]).wait_for()
+    shot(page, "admin-datasets")
+
+    run_id = fake_run(tmp_path)
+    page.get_by_role("navigation", name="Admin sections").get_by_role("link", name="Retrain runs").click()
+    page.get_by_role("link", name=f"#{run_id}").click()
+    assert "step 10 loss 1.23" in page.locator("pre").last.inner_text()
+    assert "CUDA out of memory" in page.locator(".alert-error").inner_text()
+    shot(page, "admin-run")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto("/admin")
+    shot(page, "admin-dashboard-narrow")
 
     # a reviewer key cannot open the admin pages
     page.get_by_role("button", name="Sign out").click()

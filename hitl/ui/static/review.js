@@ -48,9 +48,31 @@
 
   function hideBanner() { banner$.hidden = true; }
 
+  // The reviewer's unsent work, kept across a re-claim of the same item (e.g. after a lease ran out).
+  function saveDraft() {
+    if (!state.item) return null;
+    return {
+      id: state.item.message_id, scores: scores(), correction: correction$.value, comment: comment$.value,
+      flags: [...document.querySelectorAll('input[name="flag"]:checked')].map(i => i.value),
+    };
+  }
+
+  function restoreDraft(draft) {
+    for (const [d, v] of Object.entries(draft.scores)) {
+      const input = document.getElementById(`dim-${d}-${v}`);
+      if (input) input.checked = true;
+    }
+    correction$.value = draft.correction;
+    comment$.value = draft.comment;
+    for (const input of document.querySelectorAll('input[name="flag"]')) input.checked = draft.flags.includes(input.value);
+    updateDiff();
+    toast("Item claimed again; your unsent work is restored.");
+  }
+
   async function claim() {
     if (state.busy) return;
     state.busy = true;
+    const draft = state.expired ? saveDraft() : null;
     hideBanner();
     try {
       const res = await api("POST", "/api/review/claim");
@@ -58,6 +80,7 @@
         showEmpty("The queue is empty", "Nothing is waiting for review right now. Check back later.");
       } else {
         render(res.data);
+        if (draft && draft.id === res.data.message_id) restoreDraft(draft);
       }
     } catch (err) {
       showEmpty("Could not claim an item", errorText(err));
@@ -253,6 +276,7 @@
   // ------------------------------------------------------------------ submit / skip
   function handleWriteError(err) {
     if (err instanceof ApiError && [403, 404, 409, 410].includes(err.status)) {
+      state.expired = true;
       showBanner(`This item is no longer yours: ${errorText(err)}`, "error", [["Next item", () => claim()]]);
     } else {
       formError$.textContent = errorText(err);

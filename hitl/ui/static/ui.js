@@ -85,3 +85,7 @@ document.addEventListener("click", async (ev) => {
     btn.disabled = false;
   }
 });
+
+// Pages showing unfinished work (data-refresh="seconds") reload themselves until it finishes.
+const refresh = document.querySelector("[data-refresh]");
+if (refresh) setTimeout(() => location.reload(), Number(refresh.dataset.refresh) * 1000);
