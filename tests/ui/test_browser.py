@@ -78,6 +78,29 @@ def queue_replies(live_server, n: int) -> list[str]:
     return ids
 
 
+def seed_conversation(live_server) -> str:
+    """A realistic multi-turn conversation; its first reply is thumbed down (queued). Returns that reply's id."""
+    from core.db import session_scope
+    from service.models import Conversation, Message
+
+    turns = [("user", "How long should I boil an egg for a soft yolk?"),
+             ("assistant", "Boil it for about 12 minutes, then put it in cold water."),
+             ("user", "That seems long. Are you sure?"),
+             ("assistant", "You are right, sorry: 6 to 7 minutes gives a soft, jammy yolk.")]
+    with session_scope() as s:
+        conversation = Conversation(end_user="u-42")
+        s.add(conversation)
+        s.flush()
+        rows = [Message(conversation_id=conversation.id, position=i, role=role, content=text,
+                        model_version="base" if role == "assistant" else None) for i, (role, text) in enumerate(turns)]
+        s.add_all(rows)
+        s.flush()
+        reply_id = rows[1].id
+    with live_server.client(make_key("service")) as client:
+        assert client.post("/v1/feedback", json={"message_id": reply_id, "thumbs": "down"}).status_code == 201
+    return reply_id
+
+
 def audit(api, message_id: str) -> dict[str, list[dict]]:
     rows = api.get("/api/audit", params={"message_id": message_id}).json()["data"]
     found: dict[str, list[dict]] = {}
@@ -117,13 +140,16 @@ def test_wrong_key_is_refused(page, live_server):
 
 
 def test_review_with_shortcuts_reaches_the_store(page, live_server, api):
-    first, second = queue_replies(live_server, 2)
+    first = seed_conversation(live_server)
+    (second,) = queue_replies(live_server, 1)
     sign_in(page, make_key("reviewer", "rita"))
 
     item = page.locator("#item")
     item.wait_for(state="visible")
     assert page.locator("#item-meta").inner_text() == first
-    assert page.locator(".msg-review").count() == 1
+    # the conversation is shown up to the reply under review, not beyond
+    assert page.locator("#messages .msg").all_inner_texts()[-1].endswith("then put it in cold water.")
+    assert page.locator("#messages .msg").count() == 2 and page.locator(".msg-review").count() == 1
     assert page.locator("#lease-countdown").inner_text() not in {"", "–:––", "expired"}
     assert page.locator("#left-in-queue").inner_text() == "2"
     assert "Ctrl" in page.locator("#shortcuts").inner_text()
@@ -143,15 +169,16 @@ def test_review_with_shortcuts_reaches_the_store(page, live_server, api):
     # edit the correction: the diff against the original is shown
     page.keyboard.press("e")
     assert page.evaluate("document.activeElement.id") == "correction"
-    corrected = "The capital of France is Paris."
+    corrected = "Boil it for 6 to 7 minutes for a soft yolk, then put it in cold water."
     page.locator("#correction").fill(corrected)
     page.locator("#diff ins").first.wait_for()
-    assert "Paris." in page.locator("#diff ins").all_inner_texts()[-1]
+    assert "6 to 7" in " ".join(page.locator("#diff ins").all_inner_texts())
+    assert "12" in " ".join(page.locator("#diff del").all_inner_texts())
     page.keyboard.press("Escape")
     page.keyboard.press("f")
     page.keyboard.press("Space")  # first flag: unsafe
     page.keyboard.press("m")
-    page.keyboard.type("Answer was gibberish.")
+    page.keyboard.type("Way too long for a soft yolk.")
     shot(page, "review")
 
     page.keyboard.press("Control+Enter")
@@ -162,7 +189,7 @@ def test_review_with_shortcuts_reaches_the_store(page, live_server, api):
     actions = audit(api, first)
     assert actions["correction.create"][0]["after"]["content"] == corrected
     assert actions["rating.create"][0]["after"]["scores"] == {"correctness": 4, "helpfulness": 5, "tone": 3}
-    assert actions["rating.create"][0]["after"]["comment"] == "Answer was gibberish."
+    assert actions["rating.create"][0]["after"]["comment"] == "Way too long for a soft yolk."
     assert actions["comparison.create"][0]["after"]["choice"] == "b"
     assert actions["flag.create"][0]["after"]["tags"] == ["unsafe"]
     assert "claim.submitted" in actions

@@ -186,7 +186,7 @@
   });
 
   // ------------------------------------------------------------------ correction diff
-  function tokens(s) { return s.match(/\s+|[^\s]+/g) || []; }
+  function tokens(s) { return s.match(/^\s+|\S+\s*/g) || []; }  // words keep their trailing space
 
   function wordDiff(a, b) {
     const x = tokens(a), y = tokens(b);
@@ -209,7 +209,19 @@
     }
     while (i < n) push("del", x[i++]);
     while (j < m) push("ins", y[j++]);
-    return ops;
+    // each run of changes reads as "old text → new text": all deletions first, then all insertions
+    const out = [];
+    for (let k = 0; k < ops.length;) {
+      if (ops[k][0] === "eq") { out.push(ops[k++]); continue; }
+      let del = "", ins = "";
+      while (k < ops.length && ops[k][0] !== "eq") {
+        if (ops[k][0] === "del") del += ops[k][1]; else ins += ops[k][1];
+        k++;
+      }
+      if (del) out.push(["del", del]);
+      if (ins) out.push(["ins", ins]);
+    }
+    return out;
   }
 
   function updateDiff() {
