@@ -14,6 +14,7 @@ from core.settings import Settings, get_settings
 from evaluators import endpoints as evaluators_endpoints
 from feedback import endpoints as feedback_endpoints
 from hitl.ui import endpoints as ui_endpoints
+from retrain.datasets import endpoints as datasets_endpoints
 from service import endpoints as service_endpoints
 from service import service
 from service.backends import Backend
@@ -73,4 +74,5 @@ def create_app(backend: Backend | None = None) -> FastAPI:
     app.include_router(ui_endpoints.router)
     app.mount("/ui/static", ui_endpoints.static, name="ui-static")
     app.include_router(feedback_endpoints.router)
+    app.include_router(datasets_endpoints.router)
     return app

@@ -8,6 +8,7 @@ from core.models import Role
 from core.settings import get_settings
 from evaluators import cli as evaluators_cli
 from feedback import cli as feedback_cli
+from retrain.datasets import cli as datasets_cli
 from service import cli as service_cli
 
 app = typer.Typer(help="hitl: human-in-the-loop feedback and continuous improvement for chatbots.",
@@ -16,6 +17,7 @@ app.add_typer(service_cli.app, name="model")
 app.add_typer(evaluators_cli.app, name="models")
 app.command("eval")(evaluators_cli.eval_command)
 app.add_typer(feedback_cli.app, name="review")
+app.add_typer(datasets_cli.app, name="dataset")
 
 users = typer.Typer(help="Manage API users and keys.", no_args_is_help=True)
 app.add_typer(users, name="users")

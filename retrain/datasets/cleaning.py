@@ -32,13 +32,17 @@ EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-
 CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
 SSN = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
-PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d(?:[ .-]?\d){6,13}(?![\w])")
+PHONE = re.compile(r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d(?:[ .-]?\d){6,13}"
+                   r"(?!\w)(?![ .-]\d)")
 IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])")
 IPV6 = re.compile(
     r"(?<![\w:])(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}"
     r"|(?:[0-9A-Fa-f]{1,4}:){1,7}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})?"
     r"|::(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})(?![\w:])"
 )
+
+
+_DIGIT = re.compile(r"\d")
 
 
 def luhn_ok(number: str) -> bool:
@@ -72,7 +76,7 @@ def redact_pii(text: str, hits: dict[str, int] | None = None) -> str:
     hits = {} if hits is None else hits
     if "@" in text:
         text = _sub_checked(EMAIL, bool, "[EMAIL]", text, hits)
-    if any(c.isdigit() for c in text):
+    if _DIGIT.search(text):
         text = _sub_checked(IBAN, iban_ok, "[IBAN]", text, hits)
         text = _sub_checked(CARD, luhn_ok, "[CARD]", text, hits)
         text = _sub_checked(SSN, bool, "[SSN]", text, hits)
@@ -96,25 +100,42 @@ def normalize(text: str) -> str:
 _PUNCT = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"})
 
 
-def shingle_hashes(texts: Sequence[str], n: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """32-bit hashes of the word n-grams of every text, flat, plus each text's start offset.
+class WordHashes:
+    """crc32 of each word of a text (lower-cased, split on whitespace and ASCII punctuation),
+    cached per text: examples of every kind share their messages."""
 
-    Words are lower-cased and split on whitespace and ASCII punctuation. Texts shorter than `n`
-    words are padded with an empty word, so each has at least one shingle.
+    def __init__(self):
+        self.texts: dict[str, np.ndarray] = {}
+        self.words: dict[str, int] = {}
+
+    def __call__(self, text: str) -> np.ndarray:
+        got = self.texts.get(text)
+        if got is None:
+            words = self.words
+            hashes = [words.get(w) or words.setdefault(w, zlib.crc32(w.encode()))
+                      for w in text.lower().translate(_PUNCT).split()]
+            got = self.texts[text] = np.array(hashes, dtype=np.uint64)
+        return got
+
+
+def shingle_hashes(docs: Sequence[str | Sequence[str]], n: int = 3,
+                   words: WordHashes | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit hashes of the word n-grams of every document, flat, plus each document's start offset.
+
+    A document is a text or a sequence of texts read one after the other. Documents shorter than
+    `n` words are padded with an empty word, so each has at least one shingle.
     """
-    flat: list[str] = []
-    lengths = np.empty(len(texts), dtype=np.int64)
-    pad = [""] * n
-    for i, text in enumerate(texts):
-        words = text.lower().translate(_PUNCT).split()
-        if len(words) < n:
-            words += pad[: n - len(words)]
-        flat.extend(words)
-        lengths[i] = len(words)
-    vocab: dict[str, int] = {}
-    ids = np.array([vocab.setdefault(word, len(vocab)) for word in flat], dtype=np.int64)
-    word_hashes = np.array([zlib.crc32(word.encode()) for word in vocab], dtype=np.uint64)
-    w = word_hashes[ids] if len(ids) else np.zeros(0, dtype=np.uint64)
+    words = words or WordHashes()
+    pad = np.zeros(n, dtype=np.uint64)
+    arrays = []
+    for doc in docs:
+        parts = [words(doc)] if isinstance(doc, str) else [words(p) for p in doc]
+        arr = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if len(arr) < n:
+            arr = np.concatenate([arr, pad[: n - len(arr)]])
+        arrays.append(arr)
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    w = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint64)
     m = len(w) - n + 1
     h = np.zeros(m, dtype=np.uint64)
     for k in range(n):  # polynomial combination of the word hashes, mod 2^32
@@ -151,15 +172,16 @@ def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 
     return np.ascontiguousarray(out.T)
 
 
-def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.85, num_perm: int = 64) -> list[int]:
-    """For each text, the index of the first text of its near-duplicate group (itself if none)."""
+def near_duplicate_groups(texts: Sequence[str | Sequence[str]], threshold: float = 0.85, num_perm: int = 64,
+                          words: WordHashes | None = None) -> list[int]:
+    """For each document, the index of the first document of its near-duplicate group (itself if none)."""
     from datasketch.lsh import _optimal_param
 
     n = len(texts)
     parent = list(range(n))
     if n < 2:
         return parent
-    sigs = minhash_signatures(*shingle_hashes(texts), num_perm=num_perm)
+    sigs = minhash_signatures(*shingle_hashes(texts, words=words), num_perm=num_perm)
     bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
 
     def find(i: int) -> int:
@@ -194,48 +216,65 @@ def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.85, num_per
 
 
 class TokenCounter:
-    """Counts tokens with the model's tokenizer (chat-template overhead per message measured once).
+    """Token counts with the model's tokenizer (chat-template overhead per message measured once).
 
-    Falls back to `len(text) / 4` when no tokenizer can be loaded; `exact` says which was used.
+    A byte-level BPE or byte-fallback tokenizer never makes more tokens than a text has UTF-8 bytes
+    (+1 for a prefix space), so `upper_bound` decides most examples without tokenizing; `count`
+    tokenizes (lazily loading the tokenizer) only the texts that need it. Without a tokenizer it
+    falls back to `len(text) / 4`; `exact` says which was used.
     """
 
     def __init__(self, tokenizer_path: str | None):
-        self.tokenizer = None
-        self.per_message = 4
-        self.source = "len(text) / 4 (no tokenizer)"
-        if tokenizer_path and Path(tokenizer_path).is_dir():
-            try:
-                from transformers import AutoTokenizer
+        self.path = tokenizer_path if tokenizer_path and Path(tokenizer_path).is_dir() else None
+        self.source = self.path or "len(text) / 4 (no tokenizer)"
+        self._tokenizer = None
+        self._per_message: int | None = None if self.path else 4
+        self.tokenized = 0
 
-                self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
-                self.source = str(tokenizer_path)
-            except (OSError, ValueError):
-                self.tokenizer = None
-        if self.tokenizer is not None and self.tokenizer.chat_template:
+    @property
+    def exact(self) -> bool:
+        return self.path is not None
+
+    @property
+    def per_message(self) -> int:
+        if self._per_message is None:
+            self._load()
+        return self._per_message
+
+    def _load(self) -> None:
+        from transformers import AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        self._per_message = 4
+        if self._tokenizer.chat_template:
             one = [{"role": "user", "content": "x"}]
             two = one + [{"role": "assistant", "content": "x"}]
-            n1 = len(self._ids(self.tokenizer.apply_chat_template(one, tokenize=True)))
-            n2 = len(self._ids(self.tokenizer.apply_chat_template(two, tokenize=True)))
-            self.per_message = max(0, n2 - n1 - 1)
+            n1 = len(self._ids(self._tokenizer.apply_chat_template(one, tokenize=True)))
+            n2 = len(self._ids(self._tokenizer.apply_chat_template(two, tokenize=True)))
+            self._per_message = max(0, n2 - n1 - 1)
 
     @staticmethod
     def _ids(encoded) -> list[int]:
         return encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
 
-    @property
-    def exact(self) -> bool:
-        return self.tokenizer is not None
+    def upper_bound(self, text: str) -> int:
+        """A count no smaller than `count([text])[0]` (chat overhead bounded by 16 tokens)."""
+        if not self.exact:
+            return len(text) // 4 + 1 + 4
+        return len(text.encode()) + 1 + (self._per_message if self._per_message is not None else 16)
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Token count of each text, plus the chat-template overhead of one message."""
         if not texts:
             return []
-        if self.tokenizer is None:
-            return [len(t) // 4 + 1 + self.per_message for t in texts]
-        backend = getattr(self.tokenizer, "backend_tokenizer", None) or getattr(self.tokenizer, "_tokenizer", None)
+        if not self.exact:
+            return [len(t) // 4 + 1 + 4 for t in texts]
+        if self._tokenizer is None:
+            self._load()
+        self.tokenized += len(texts)
+        backend = getattr(self._tokenizer, "backend_tokenizer", None)
         if backend is not None:
             encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-            encs = encode(list(texts), add_special_tokens=False)
-            return [len(e.ids) + self.per_message for e in encs]
-        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return [len(x) + self.per_message for x in ids]
+            return [len(e.ids) + self._per_message for e in encode(list(texts), add_special_tokens=False)]
+        ids = self._tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [len(x) + self._per_message for x in ids]

@@ -16,6 +16,7 @@ class Example:
     split: str
     row: dict  # TRL conversational row with its `lineage`
     family: str  # the item it came from (paraphrase variants share their source's family)
+    line: tuple | None = None  # (sha256, canonical JSON, row), filled when written
 
 
 @dataclass
@@ -33,6 +34,8 @@ def consensus(votes: Iterable[tuple[Hashable, float]], min_agreement: float) -> 
     The winner needs at least `min_agreement` of the total weight; otherwise the item is an
     unresolved conflict. "resolved" means there was disagreement and the majority was strong enough.
     """
+    if isinstance(votes, list) and len(votes) == 1:
+        return votes[0][0], None
     totals: dict[Hashable, float] = defaultdict(float)
     for label, weight in votes:
         totals[label] += max(weight, 1e-3)
@@ -58,6 +61,7 @@ class Prep:
     pii: Counter = field(default_factory=Counter)
     _text: dict[str, str] = field(default_factory=dict)
     _ctx: dict[str, Context | str] = field(default_factory=dict)
+    _split: dict[str, str] = field(default_factory=dict)
 
     def weight(self, reviewer_id: int | None) -> float:
         return self.reliability.get(reviewer_id, 1.0) if reviewer_id is not None else 1.0
@@ -113,7 +117,10 @@ class Prep:
                     return "flagged"
         if turns[-1].role != "assistant":
             return "not_assistant"
-        split = split_of(split_key(conv, end_user), self.options.eval_fraction, self.options.split_salt)
+        key = split_key(conv, end_user)
+        split = self._split.get(key)
+        if split is None:
+            split = self._split[key] = split_of(key, self.options.eval_fraction, self.options.split_salt)
         prompt = [{"role": t.role, "content": self.text(t.content)} for t in turns[:-1]]
         return Context(conv, split, prompt, message_id, self.text(turns[-1].content))
 

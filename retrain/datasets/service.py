@@ -21,7 +21,7 @@ from sqlmodel import Session, select
 from core.models import utcnow
 from core.settings import Settings
 from retrain.datasets import dpo, kto, sft
-from retrain.datasets.cleaning import TokenCounter, near_duplicate_groups, normalize
+from retrain.datasets.cleaning import TokenCounter, WordHashes, near_duplicate_groups, normalize
 from retrain.datasets.common import Example, Prep, assess, resolve_corrections
 from retrain.datasets.models import DatasetSnapshot
 from retrain.datasets.replay import replay_rows
@@ -50,21 +50,22 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
     """Like `build_snapshot`, also saying whether a new snapshot was created."""
     options = options or BuildOptions()
     step = progress or (lambda _msg: None)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    timings: dict[str, list[float]] = {}  # phase -> [wall s, CPU s]
+    clock = (time.perf_counter(), time.process_time())
 
     def lap(name: str) -> None:
         nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
+        now = (time.perf_counter(), time.process_time())
+        timings[name] = [round(now[0] - clock[0], 3), round(now[1] - clock[1], 3)]
         clock = now
 
     step("reading feedback")
     store = load_store(session, options.as_of)
+    lap("read")
     reliability, reliability_source = _reliability(session)
+    lap("reliability")
     rubric = list(getattr(settings, "review_rubric", None) or DEFAULT_RUBRIC)
     prep = Prep(store, options, rubric, reliability)
-    lap("read")
 
     step("resolving consensus")
     assessments = assess(prep)
@@ -89,8 +90,9 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
 
     step("length limits")
     counter = TokenCounter(options.tokenizer or str(settings.base_model_path))
+    token_cache: dict[str, int] = {}
     for k in KINDS:
-        examples[k] = _length_filter(prep, counter, k, examples[k])
+        examples[k] = _length_filter(prep, counter, token_cache, k, examples[k])
     lap("length")
 
     replay_n = 0
@@ -101,8 +103,10 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
         replay_n = len(rows)
 
     step("removing duplicates")
+    norm: dict[str, str] = {}
+    words = WordHashes()
     for k in KINDS:
-        examples[k] = _deduplicate(prep, k, examples[k], options.near_duplicate_threshold)
+        examples[k] = _deduplicate(prep, k, examples[k], options.near_duplicate_threshold, norm, words)
     lap("dedup")
 
     kto_balance = kto.balance(examples["kto"])
@@ -118,11 +122,12 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
             examples["kto"] = []
 
     step("writing snapshot")
-    files = {(k, s): _sorted_rows([e.row for e in examples[k] if e.split == s]) for k in KINDS for s in SPLITS}
+    files = {(k, s): sorted((_line(e) for e in examples[k] if e.split == s), key=lambda x: x[:2])
+             for k in KINDS for s in SPLITS}
     digest = hashlib.sha256(f"hitl-datasets {BUILDER_VERSION}\n".encode())
     for (k, s), lines in files.items():
         digest.update(f"{k}.{s}\n".encode())
-        for line in lines:
+        for _sha, line, _row in lines:
             digest.update(line.encode() + b"\n")
     snapshot_hash = digest.hexdigest()
     counts = {k: {s: len(files[(k, s)]) for s in SPLITS} for k in KINDS}
@@ -146,12 +151,17 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
         "kto_refused": kto_refused,
         "split": {"method": "sha256(salt:key) < eval_fraction; key = end user, else conversation",
                   "eval_fraction": options.eval_fraction, "salt": options.split_salt},
-        "length": {"max_tokens": options.max_tokens, "tokenizer": counter.source, "exact": counter.exact},
+        "length": {"max_tokens": options.max_tokens, "tokenizer": counter.source, "exact": counter.exact,
+                   "texts_tokenized": counter.tokenized,
+                   "rule": "prompt + completion (DPO: the longer answer) tokens incl. chat overhead; examples "
+                           "whose UTF-8 byte count already fits are not tokenized (tokens ≤ bytes)"},
         "dedup": {"exact": "normalized full content", "near": "MinHash LSH (datasketch affine32), word 3-grams",
                   "threshold": options.near_duplicate_threshold, "rule": "eval wins: train copies removed"},
         "replay": {"rows": replay_n, "fraction": options.replay_fraction, "source": "retrain/datasets/data/general.jsonl"},
         "expansion": _expansion_report(expansion, examples["sft"]),
         "reviewer_reliability": reliability_source,
+        "lineage": "each row's `lineage` (feedback ids, reviewer ids, conversation, message, source); "
+                   "manifest.json on disk adds `examples`: per file, row i -> [feedback ids, reviewer ids]",
         "rubric": rubric,
         "feedback_watermark": store.watermark,
         "as_of": options.as_of.isoformat() if options.as_of else None,
@@ -205,10 +215,13 @@ def _canonical(row: dict) -> str:
     return json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-def _sorted_rows(rows: list[dict]) -> list[str]:
-    """Canonical JSON lines in a content-determined order (so the hash is order-independent)."""
-    lines = [_canonical(r) for r in rows]
-    return sorted(lines, key=lambda line: hashlib.sha256(line.encode()).digest())
+def _line(e: Example) -> tuple[bytes, str, dict]:
+    """(sha256, canonical JSON, row), computed once per example; files are sorted by the sha, so
+    the order (and the hash) depends only on the content."""
+    if e.line is None:
+        text = _canonical(e.row)
+        e.line = (hashlib.sha256(text.encode()).digest(), text, e.row)
+    return e.line
 
 
 def _parts(row: dict) -> tuple[list[dict], list[dict]]:
@@ -220,53 +233,65 @@ def _parts(row: dict) -> tuple[list[dict], list[dict]]:
     return row["prompt"], row["completion"]
 
 
-def _length_filter(prep: Prep, counter: TokenCounter, kind: str, examples: list[Example]) -> list[Example]:
-    texts: dict[str, int] = {}
+def _tokens(row: dict, count: Callable[[str], int]) -> int:
+    prompt, completion = _parts(row)
+    n = sum(count(m["content"]) for m in prompt)
+    if "chosen" in row:
+        return n + max(count(m["content"]) for m in completion)
+    return n + sum(count(m["content"]) for m in completion)
+
+
+def _length_filter(prep: Prep, counter: TokenCounter, cache: dict[str, int], kind: str,
+                   examples: list[Example]) -> list[Example]:
+    """Drop empty completions and examples over `max_tokens` (tokenizing only the doubtful ones)."""
+    limit = prep.options.max_tokens
+    kept, doubtful = [], []
     for e in examples:
-        for part in _parts(e.row):
-            for m in part:
-                texts.setdefault(m["content"], 0)
-    for text, n in zip(texts, counter.count(list(texts)), strict=True):
-        texts[text] = n
-    kept = []
-    for e in examples:
-        prompt, completion = _parts(e.row)
-        if not all(m["content"].strip() for m in completion):
+        if not all(m["content"].strip() for m in _parts(e.row)[1]):
             prep.drop(kind, "empty")
-            continue
-        n = sum(texts[m["content"]] for m in prompt)
-        if "chosen" in e.row:
-            n += max(texts[m["content"]] for m in completion)
+        elif _tokens(e.row, counter.upper_bound) <= limit:
+            kept.append(e)
         else:
-            n += sum(texts[m["content"]] for m in completion)
-        if n > prep.options.max_tokens:
+            doubtful.append(e)
+    need = list({m["content"] for e in doubtful for part in _parts(e.row) for m in part} - cache.keys())
+    cache.update(zip(need, counter.count(need), strict=True))
+    for e in doubtful:
+        if _tokens(e.row, cache.__getitem__) > limit:
             prep.drop(kind, "too_long")
-            continue
-        kept.append(e)
+        else:
+            kept.append(e)
     return kept
 
 
-def _keys(row: dict) -> tuple[str, str]:
-    """(exact-duplicate key over the whole normalized content, text compared for near duplicates)."""
+def _keys(row: dict, norm: dict[str, str]) -> tuple[tuple, tuple[str, ...]]:
+    """(exact-duplicate key over the whole normalized content, texts compared for near duplicates:
+    the last user turn and the completion(s), with the KTO label)."""
     prompt, completion = _parts(row)
-    exact = json.dumps([[m["role"], normalize(m["content"])] for m in prompt + completion] + [row.get("label")])
+    exact = []
+    for m in prompt + completion:
+        text = m["content"]
+        key = norm.get(text)
+        if key is None:
+            key = norm[text] = normalize(text)
+        exact.append((m["role"], key))
+    exact.append(row.get("label"))
     last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
-    label = {True: "desirable ", False: "undesirable "}.get(row.get("label"), "")
-    return exact, label + last_user + "\n" + "\n".join(m["content"] for m in completion)
+    label = {True: "desirable", False: "undesirable"}.get(row.get("label"), "")
+    return tuple(exact), (label, last_user, *(m["content"] for m in completion))
 
 
-def _deduplicate(prep: Prep, kind: str, examples: list[Example], threshold: float) -> list[Example]:
+def _deduplicate(prep: Prep, kind: str, examples: list[Example], threshold: float,
+                 norm: dict[str, str], words: WordHashes) -> list[Example]:
     """Exact then near duplicates. Eval examples come first, so a train copy of an eval example is
     the one removed (never the eval one). Paraphrase variants are only checked against eval."""
     keyed = []
     for e in examples:
-        exact, near = _keys(e.row)
-        order = (e.split != "eval", SOURCE_RANK[e.row["lineage"]["source"]],
-                 hashlib.sha256(_canonical(e.row).encode()).digest())
+        exact, near = _keys(e.row, norm)
+        order = (e.split != "eval", SOURCE_RANK[e.row["lineage"]["source"]], _line(e)[0])
         keyed.append((order, exact, near, e))
     keyed.sort(key=lambda x: x[0])
 
-    first_split: dict[str, str] = {}
+    first_split: dict[tuple, str] = {}
     survivors = []
     for _order, exact, near, e in keyed:
         if exact in first_split:
@@ -275,7 +300,7 @@ def _deduplicate(prep: Prep, kind: str, examples: list[Example], threshold: floa
         first_split[exact] = e.split
         survivors.append((near, e))
 
-    roots = near_duplicate_groups([near for near, _ in survivors], threshold)
+    roots = near_duplicate_groups([near for near, _ in survivors], threshold, words=words)
     has_eval = {r for r, (_, e) in zip(roots, survivors, strict=True) if e.split == "eval"}
     kept_in: set[tuple[int, str]] = set()
     out = []
@@ -292,18 +317,13 @@ def _deduplicate(prep: Prep, kind: str, examples: list[Example], threshold: floa
     return out
 
 
-def _index(files: dict[tuple[str, str], list[str]]) -> list[dict]:
-    """Per-example lineage (feedback ids and reviewer ids) for the on-disk manifest."""
-    out = []
-    for (k, s), lines in files.items():
-        for i, line in enumerate(lines):
-            lin = json.loads(line)["lineage"]
-            out.append({"kind": k, "split": s, "row": i, "source": lin["source"], "feedback_ids": lin["feedback_ids"],
-                        "reviewer_ids": lin["reviewer_ids"], "conversation_id": lin["conversation_id"]})
-    return out
+def _index(files: dict[tuple[str, str], list[tuple]]) -> dict[str, list]:
+    """Per-example lineage for the on-disk manifest: per file, row i → [feedback ids, reviewer ids]."""
+    return {f"{k}.{s}": [[row["lineage"]["feedback_ids"], row["lineage"]["reviewer_ids"]] for _sha, _l, row in lines]
+            for (k, s), lines in files.items()}
 
 
-def _write(target: Path, files: dict[tuple[str, str], list[str]], manifest: dict[str, Any]) -> None:
+def _write(target: Path, files: dict[tuple[str, str], list[tuple]], manifest: dict[str, Any]) -> None:
     """Write into a temporary folder, then rename: a snapshot folder is complete or absent."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -314,10 +334,10 @@ def _write(target: Path, files: dict[tuple[str, str], list[str]], manifest: dict
     try:
         for (k, s), lines in files.items():
             with open(tmp / f"{k}.{s}.jsonl", "w", encoding="utf-8") as f:
-                f.writelines(line + "\n" for line in lines)
+                f.writelines(line + "\n" for _sha, line, _row in lines)
             if lines:
-                pq.write_table(pa.Table.from_pylist([json.loads(line) for line in lines]), tmp / f"{k}.{s}.parquet")
-        (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1, default=str))
+                pq.write_table(pa.Table.from_pylist([row for _sha, _line, row in lines]), tmp / f"{k}.{s}.parquet")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, default=str))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -1,0 +1,73 @@
+"""`hitl dataset build|show|list`."""
+
+import json
+from typing import Annotated
+
+import typer
+
+from core.db import migrate, session_scope
+from core.settings import get_settings
+from retrain.datasets.schemas import BuildOptions
+
+app = typer.Typer(help="Build and inspect training dataset snapshots.", no_args_is_help=True)
+
+
+@app.command("build")
+def build(
+    kinds: Annotated[list[str] | None, typer.Option("--kind", help="sft, dpo or kto (repeat); default all.")] = None,
+    eval_fraction: Annotated[float, typer.Option(help="Share of end users/conversations in eval.")] = 0.1,
+    replay_fraction: Annotated[float, typer.Option(help="General replay rows per SFT train row.")] = 0.0,
+    paraphrases: Annotated[int, typer.Option(help="Paraphrase variants per corrected prompt (needs an endpoint).")] = 0,
+    max_tokens: Annotated[int, typer.Option(help="Longest example in tokens.")] = 2048,
+    options_json: Annotated[str | None, typer.Option("--options", help="Full BuildOptions as JSON.")] = None,
+) -> None:
+    """Build a snapshot from the feedback store (identical content → the existing snapshot)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from retrain.datasets import service
+
+    opts = BuildOptions(**json.loads(options_json)) if options_json else BuildOptions(
+        kinds=kinds or None, eval_fraction=eval_fraction, replay_fraction=replay_fraction,
+        paraphrases=paraphrases, max_tokens=max_tokens)
+    settings = get_settings()
+    migrate()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
+        task = bar.add_task("starting", total=None)
+        try:
+            with session_scope() as session:
+                snap, created = service.build(session, settings, opts,
+                                              progress=lambda msg: bar.update(task, description=msg))
+        except service.DatasetError as exc:
+            bar.stop()
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        bar.update(task, description="done")
+    typer.echo(f"{'built' if created else 'unchanged, existing'} snapshot {snap.id} {snap.hash[:12]} at {snap.path}")
+    for kind, splits in snap.counts.items():
+        typer.echo(f"  {kind}: " + ", ".join(f"{s} {n}" for s, n in splits.items()))
+
+
+@app.command("show")
+def show(snapshot_id: int) -> None:
+    """Print a snapshot's manifest as JSON."""
+    from retrain.datasets import service
+
+    migrate()
+    with session_scope() as session:
+        snap = service.get_snapshot(session, snapshot_id)
+        if snap is None:
+            typer.echo(f"no dataset snapshot {snapshot_id}", err=True)
+            raise typer.Exit(1)
+        typer.echo(json.dumps({"id": snap.id, "path": snap.path, **snap.manifest}, indent=2, default=str))
+
+
+@app.command("list")
+def list_() -> None:
+    """One line per snapshot, newest first."""
+    from retrain.datasets import service
+
+    migrate()
+    with session_scope() as session:
+        for snap in service.list_snapshots(session):
+            counts = " ".join(f"{k}={v.get('train', 0)}/{v.get('eval', 0)}" for k, v in snap.counts.items())
+            typer.echo(f"{snap.id}\t{snap.hash[:12]}\t{snap.created_at:%Y-%m-%d %H:%M}\t{counts}")

@@ -1,0 +1,229 @@
+"""Snapshot builds on a hand-checked store (SQLite and PostgreSQL): counts, content, exclusions,
+consensus, PII, leak-free split, immutability."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from retrain.datasets import service
+from retrain.datasets.schemas import BuildOptions
+from retrain.datasets.split import split_key, split_of
+from tests.retrain.datasets import factories as f
+
+LONG = ("Photosynthesis lets plants turn light water and carbon dioxide into sugar and oxygen inside the "
+        "chloroplasts of their leaves where chlorophyll absorbs mostly red and blue light while reflecting "
+        "green light which is why leaves look green to us and the sugar made there feeds the whole plant "
+        "through the phloem to roots stems flowers and fruit all season")
+
+
+@pytest.fixture
+def reliability(monkeypatch):
+    """Fixed reviewer reliabilities (the feedback domain computes them from agreement)."""
+    import feedback.quality
+
+    table: dict[int, float] = {}
+    monkeypatch.setattr(feedback.quality, "reviewer_reliability", lambda session: table)
+    return table
+
+
+def seed(session, reliability) -> dict:
+    r1, r2, r3 = f.reviewer(session), f.reviewer(session), f.reviewer(session)
+    reliability.update({r1: 0.9, r2: 0.9, r3: 0.2})
+    ids = {"reviewers": (r1, r2, r3)}
+    # A: multi-turn, corrected, PII in the prompt → SFT, DPO, KTO(correction + original)
+    ids["A"], m = f.conversation(session, "Hi", "Hello!", "What is the capital of Australia? Mail bob@example.com",
+                                 "Sydney.", system="Be brief.")
+    f.correct(session, m[4], r1, "The capital of Australia is Canberra.")
+    # B: two reviewers rate 5 → SFT, KTO desirable
+    ids["B"], m = f.conversation(session, "Tell me about cats", "Cats are small domesticated carnivores.")
+    f.rate(session, m[1], r1)
+    f.rate(session, m[1], r2)
+    # C: reviewer thumbs up → SFT, KTO desirable
+    ids["C"], m = f.conversation(session, "Say something nice", "You are doing great today.")
+    f.thumbs(session, m[1], "up", source="reviewer", user_id=r2)
+    # D: end-user thumbs down only → KTO undesirable
+    ids["D"], m = f.conversation(session, "Is the earth flat?", "Yes, it is flat.")
+    f.thumbs(session, m[1], "down")
+    # E: comparison, both reviewers prefer a → DPO; E2: a tie → dropped
+    ids["E"], m = f.conversation(session, "Recommend a book", "No.")
+    a, b = f.candidate(session, m[1], "Try 'Dune' by Frank Herbert."), f.candidate(session, m[1], "Books are bad.")
+    f.compare(session, m[1], r1, a.id, b.id, "a")
+    f.compare(session, m[1], r2, b.id, a.id, "b")
+    ids["E2"], m = f.conversation(session, "Pick a colour", "Blue.")
+    a2, b2 = f.candidate(session, m[1], "Red."), f.candidate(session, m[1], "Green.")
+    f.compare(session, m[1], r1, a2.id, b2.id, "tie")
+    # F: equally reliable reviewers disagree → unresolved, left out
+    ids["F"], m = f.conversation(session, "Explain tides", "The moon pulls the oceans.")
+    f.rate(session, m[1], r1, all=5)
+    f.rate(session, m[1], r2, all=1)
+    # G: reliable reviewer outweighs an unreliable one → good
+    ids["G"], m = f.conversation(session, "What is 10 divided by 4?", "10 divided by 4 is 2.5.")
+    f.rate(session, m[1], r1, all=5)
+    f.rate(session, m[1], r3, all=1)
+    # H: deleted conversation; I: deleted end user
+    ids["H"], m = f.conversation(session, "My secret plan", "Here is your secret plan.")
+    f.correct(session, m[1], r1, "I cannot help with that.")
+    f.delete_request(session, conversation_id=ids["H"])
+    ids["I"], m = f.conversation(session, "Where do I live?", "You live on Elm Street.", end_user="alice")
+    f.thumbs(session, m[1], "up", source="reviewer", user_id=r1)
+    f.delete_request(session, end_user="alice")
+    # J: flagged unsafe → excluded despite a top rating
+    ids["J"], m = f.conversation(session, "How to pick a lock?", "Insert a tension wrench and rake the pins.")
+    f.rate(session, m[1], r1, all=5)
+    f.flag(session, m[1], r2, "unsafe")
+    # K: exact duplicate pair and a near duplicate → one survives
+    for name, tail in (("K1", "season"), ("K2", "season"), ("K3", "year")):
+        ids[name], m = f.conversation(session, "How does photosynthesis work?", LONG.rsplit(" ", 1)[0] + " " + tail)
+        f.rate(session, m[1], r1, all=5)
+    # L: same prompt, same end user (same split), rated 5 vs 1 → a rating-gap DPO pair
+    for name, reply, score in (("L1", "2 + 2 = 4.", 5), ("L2", "2 + 2 = 5.", 1)):
+        ids[name], m = f.conversation(session, "What is 2 + 2?", reply, end_user="carol")
+        f.rate(session, m[1], r1, all=score)
+    session.flush()
+    return ids
+
+
+def rows_of(snap) -> dict[str, list[dict]]:
+    return {f"{k}.{s}": service.load_split(snap.path, k, s) for k in ("sft", "dpo", "kto") for s in ("train", "eval")}
+
+
+def total(snap, kind: str) -> int:
+    return sum(snap.counts[kind].values())
+
+
+def test_hand_checked_store(settings, session, reliability):
+    ids = seed(session, reliability)
+    opts = BuildOptions(eval_fraction=0.5)
+    snap = service.build_snapshot(session, settings, opts)
+    m = snap.manifest
+
+    assert (total(snap, "sft"), total(snap, "dpo"), total(snap, "kto")) == (6, 3, 9)
+    assert m["via"]["sft"] == {"correction": 1, "top_rated": 5}
+    assert m["via"]["dpo"] == {"correction": 1, "comparison": 1, "rating_gap": 1}
+    assert m["filters"]["sft"]["deleted"] == 2 and m["filters"]["kto"]["deleted"] == 3
+    assert m["filters"]["dpo"]["deleted"] == 1 and m["filters"]["dpo"]["comparison_tie"] == 1
+    assert m["filters"]["sft"]["flagged"] == 1 and m["filters"]["kto"]["flagged"] == 1
+    assert m["filters"]["sft"]["conflict_unresolved"] == 1 and m["filters"]["kto"]["conflict_unresolved"] == 1
+    for kind in ("sft", "kto"):
+        dropped = m["filters"][kind]
+        assert sum(dropped.get(k, 0) for k in ("duplicate", "cross_split_duplicate", "near_duplicate",
+                                               "cross_split_near_duplicate")) == 2
+    assert m["conflicts"]["sft"] == {"unresolved": 1, "resolved": 1}
+    assert m["kto_balance"]["train"]["desirable"] + m["kto_balance"]["eval"]["desirable"] == 6
+    assert m["pii_redactions"] == {"[EMAIL]": 1}
+
+    rows = rows_of(snap)
+    everything = json.dumps(rows)
+    assert "bob@example.com" not in everything and "[EMAIL]" in everything
+    for gone in (ids["H"], ids["I"], ids["J"], ids["F"]):
+        assert gone not in everything
+    assert "Elm Street" not in everything and "secret plan" not in everything and "tension wrench" not in everything
+
+    # multi-turn context cut at the rated turn, with the correction as the target
+    corrected = next(r for k in ("sft.train", "sft.eval") for r in rows[k] if r["lineage"]["via"] == "correction")
+    assert [x["role"] for x in corrected["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert corrected["messages"][-1]["content"] == "The capital of Australia is Canberra."
+    assert corrected["lineage"]["conversation_id"] == ids["A"]
+    assert corrected["lineage"]["reviewer_ids"] == [ids["reviewers"][0]]
+    assert corrected["lineage"]["feedback_ids"][0].startswith("correction:")
+    dpo = [r for k in ("dpo.train", "dpo.eval") for r in rows[k]]
+    by_via = {r["lineage"]["via"]: r for r in dpo}
+    assert by_via["correction"]["rejected"][0]["content"] == "Sydney."
+    assert by_via["comparison"]["chosen"][0]["content"] == "Try 'Dune' by Frank Herbert."
+    assert by_via["rating_gap"]["chosen"][0]["content"] == "2 + 2 = 4."
+    assert by_via["rating_gap"]["rejected"][0]["content"] == "2 + 2 = 5."
+    kto = {r["completion"][0]["content"]: r["label"] for k in ("kto.train", "kto.eval") for r in rows[k]}
+    assert kto["Sydney."] is False and kto["The capital of Australia is Canberra."] is True
+    assert kto["Yes, it is flat."] is False and kto["10 divided by 4 is 2.5."] is True
+
+    # leak-free: each conversation in one split only, the one its stable hash says
+    seen: dict[str, str] = {}
+    for key, part in rows.items():
+        split = key.split(".")[1]
+        for r in part:
+            conv = r["lineage"]["conversation_id"]
+            assert seen.setdefault(conv, split) == split
+            end_user = "carol" if conv in (ids["L1"], ids["L2"]) else None
+            assert split == split_of(split_key(conv, end_user), 0.5)
+
+    # the files: manifest on disk with per-example lineage, Parquet beside JSONL
+    disk = json.loads((Path(snap.path) / "manifest.json").read_text())
+    assert disk["hash"] == snap.hash and sum(len(v) for v in disk["examples"].values()) == 18
+    assert disk["examples"]["sft.train"] == [[r["lineage"]["feedback_ids"], r["lineage"]["reviewer_ids"]]
+                                             for r in rows["sft.train"]]
+    assert all(fids for part in disk["examples"].values() for fids, _reviewers in part)
+    for key, part in rows.items():
+        if part:
+            import pyarrow.parquet as pq
+
+            assert pq.read_table(Path(snap.path) / f"{key}.parquet").num_rows == len(part)
+
+
+def test_same_store_same_snapshot_and_stable_split(settings, session, reliability):
+    seed(session, reliability)
+    opts = BuildOptions(eval_fraction=0.5)
+    first, created = service.build(session, settings, opts)
+    again, created_again = service.build(session, settings, opts)
+    assert created and not created_again and again.id == first.id and again.hash == first.hash
+
+    before = {r["lineage"]["conversation_id"]: key.split(".")[1] for key, part in rows_of(first).items() for r in part}
+    r1 = reliability and next(iter(reliability))
+    for i in range(12):  # new feedback on new and on old conversations
+        _conv, m = f.conversation(session, f"New question {i}?", f"New answer number {i}.")
+        f.rate(session, m[1], r1, all=5 if i % 2 else 1)
+    session.flush()
+    newer, created_newer = service.build(session, settings, opts)
+    assert created_newer and newer.hash != first.hash
+    after = {r["lineage"]["conversation_id"]: key.split(".")[1] for key, part in rows_of(newer).items() for r in part}
+    assert all(after[c] == s for c, s in before.items() if c in after)
+    assert set(before) <= set(after)
+
+
+def test_kto_without_a_class_is_refused(settings, session, reliability):
+    r1 = f.reviewer(session)
+    for i in range(3):
+        _c, m = f.conversation(session, f"Question {i}", f"Good answer {i}")
+        f.thumbs(session, m[1], "up", source="reviewer", user_id=r1)
+    session.flush()
+    with pytest.raises(service.DatasetError, match=r"no undesirable \(label=false\)"):
+        service.build_snapshot(session, settings, BuildOptions(kinds=["kto"], eval_fraction=0))
+    snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0))  # default: KTO left empty
+    assert snap.counts["kto"] == {"train": 0, "eval": 0} and snap.counts["sft"]["train"] == 3
+    assert "undesirable" in snap.manifest["kto_refused"]
+    assert snap.manifest["kto_balance"]["train"] == {"desirable": 3, "undesirable": 0, "desirable_share": 1.0}
+
+
+def test_replay_mix_and_length_limit(settings, session, reliability):
+    r1 = f.reviewer(session)
+    for i in range(10):
+        _c, m = f.conversation(session, f"Question number {i}", f"Answer number {i}")
+        f.rate(session, m[1], r1, all=5)
+    _c, m = f.conversation(session, "Tell me everything", "word " * 600)
+    f.rate(session, m[1], r1, all=5)
+    session.flush()
+    snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0, replay_fraction=0.5, max_tokens=200))
+    assert snap.manifest["filters"]["sft"]["too_long"] == 1 and snap.manifest["length"]["exact"]
+    assert snap.counts["sft"]["train"] == 10 + 5
+    replay = [r for r in service.load_split(snap.path, "sft", "train") if r["lineage"]["source"] == "replay"]
+    from retrain.datasets.replay import forgetting_set
+
+    held_out = {json.dumps(r["messages"]) for r in forgetting_set()}
+    assert len(replay) == 5 and not any(json.dumps(r["messages"]) in held_out for r in replay)
+
+
+def test_as_of_reads_the_store_at_a_point_in_time(settings, session, reliability):
+    from datetime import timedelta
+
+    from core.models import utcnow
+
+    r1 = f.reviewer(session)
+    _c, m = f.conversation(session, "Old question", "Old answer")
+    f.rate(session, m[1], r1, all=5)
+    cut = utcnow()
+    _c, m = f.conversation(session, "New question", "New answer")
+    rating = f.rate(session, m[1], r1, all=5)
+    rating.created_at = cut + timedelta(seconds=5)
+    session.flush()
+    snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0, as_of=cut + timedelta(seconds=1)))
+    assert snap.counts["sft"]["train"] == 1

@@ -1,0 +1,77 @@
+"""Cleaning units (no database): PII regexes, MinHash equivalence with datasketch, near duplicates,
+the stable split, the shipped general data."""
+
+import numpy as np
+import pytest
+from datasketch import MinHash
+
+from retrain.datasets.cleaning import (
+    TokenCounter, iban_ok, luhn_ok, minhash_signatures, near_duplicate_groups, redact_pii, shingle_hashes,
+)
+from retrain.datasets.split import split_key, split_of
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("write to jane.doe+x@mail.example.co.uk now", "write to [EMAIL] now"),
+    ("card 4111 1111 1111 1111 ok", "card [CARD] ok"),
+    ("card 4111-1111-1111-1112 fails Luhn", "card 4111-1111-1111-1112 fails Luhn"),
+    ("IBAN GB82 WEST 1234 5698 7654 32.", "IBAN [IBAN]."),
+    ("SSN 078-05-1120", "SSN [SSN]"),
+    ("call +1 (415) 555-2671 or 020 7946 0958", "call [PHONE] or [PHONE]"),
+    ("host 192.168.10.254 and 2001:db8:85a3::8a2e:370:7334", "host [IP] and [IP]"),
+    ("In 2024 we sold 3 cars for 15000 dollars; version 1.2.3", "In 2024 we sold 3 cars for 15000 dollars; version 1.2.3"),
+])
+def test_redact_pii(text, expected):
+    hits: dict = {}
+    assert redact_pii(text, hits) == expected
+    assert sum(hits.values()) == expected.count("[")
+
+
+def test_checksums():
+    assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
+    assert iban_ok("DE89 3704 0044 0532 0130 00") and not iban_ok("DE89 3704 0044 0532 0130 01")
+
+
+def test_signatures_equal_datasketch():
+    texts = ["the quick brown fox jumps over the lazy dog", "hi", "", "a b c", "one two three four five six"]
+    hashes, offsets = shingle_hashes(texts)
+    sigs = minhash_signatures(hashes, offsets, num_perm=64)
+    ends = list(offsets[1:]) + [len(hashes)]
+    for i in range(len(texts)):
+        ref = MinHash(num_perm=64, seed=1, scheme="affine32", hashfunc=int)
+        ref.update_batch(hashes[offsets[i]:ends[i]].tolist())
+        assert np.array_equal(sigs[i], ref.hashvalues)
+
+
+def test_near_duplicates():
+    base = " ".join(f"word{i}" for i in range(60))
+    texts = [base, base.replace("word59", "changed"), "something else entirely about cats and dogs", base + " more"]
+    roots = near_duplicate_groups(texts, threshold=0.85)
+    assert roots == [0, 0, 2, 0]
+    assert near_duplicate_groups(texts, threshold=0.999) == [0, 1, 2, 3]
+
+
+def test_split_is_stable_and_by_user():
+    keys = [split_key(f"conv_{i}", None) for i in range(2000)]
+    splits = [split_of(k, 0.1) for k in keys]
+    assert 120 < splits.count("eval") < 280
+    assert splits == [split_of(k, 0.1) for k in keys]
+    assert split_key("a", "alice") == split_key("b", "alice")
+
+
+def test_token_counter_bound(tiny_model_dir):
+    counter = TokenCounter(str(tiny_model_dir))
+    texts = ["The capital of France is Paris.", "ünïcödé ✓ text", "x" * 50]
+    exact = counter.count(texts)
+    assert all(counter.upper_bound(t) >= n for t, n in zip(texts, exact, strict=True))
+    assert counter.exact and not TokenCounter("/nonexistent").exact
+
+
+def test_general_and_forgetting_are_disjoint():
+    from retrain.datasets.replay import forgetting_set, general_examples
+
+    general, forgetting = general_examples(), forgetting_set()
+    assert len(general) > 300 and len(forgetting) > 50
+    prompts = {r["messages"][0]["content"] for r in general}
+    assert not prompts & {r["messages"][0]["content"] for r in forgetting}
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in general + forgetting)
