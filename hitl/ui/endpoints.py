@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -116,13 +116,12 @@ def logout(request: Request, session: SessionDep, csrf_token_field: Annotated[st
 # -------------------------------------------------------------------------------------------- review
 
 @router.get("/review", response_class=HTMLResponse)
-def review_page(request: Request, session: SessionDep, message_id: str | None = None) -> Response:
+def review_page(request: Request, session: SessionDep) -> Response:
     user = page_user(request, session, Role.reviewer)
     if not isinstance(user, User):
         return user
     dims, guidelines = rubric()
-    return render(request, "review.html", user, dimensions=dims, flag_tags=FLAG_TAGS, guidelines=guidelines,
-                  message_id=message_id if user.role == Role.admin else None)
+    return render(request, "review.html", user, dimensions=dims, flag_tags=FLAG_TAGS, guidelines=guidelines)
 
 
 @router.get("/ui/api/progress")
