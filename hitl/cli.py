@@ -9,15 +9,21 @@ from core.settings import get_settings
 from evaluators import cli as evaluators_cli
 from feedback import cli as feedback_cli
 from retrain.datasets import cli as datasets_cli
+from hitl import pipeline
+from retrain.training import cli as retrain_cli
 from service import cli as service_cli
 
 app = typer.Typer(help="hitl: human-in-the-loop feedback and continuous improvement for chatbots.",
                   no_args_is_help=True)
 app.add_typer(service_cli.app, name="model")
-app.add_typer(evaluators_cli.app, name="models")
-app.command("eval")(evaluators_cli.eval_command)
 app.add_typer(feedback_cli.app, name="review")
 app.add_typer(datasets_cli.app, name="dataset")
+app.add_typer(evaluators_cli.app, name="models")
+app.command("eval")(evaluators_cli.eval_command)
+app.add_typer(retrain_cli.app, name="retrain")
+retrain_cli.app.command("execute", hidden=True)(pipeline.execute_command)
+retrain_cli.app.command("train-stages", hidden=True)(pipeline.train_stages_command)
+app.command("scheduler")(retrain_cli.scheduler)
 
 users = typer.Typer(help="Manage API users and keys.", no_args_is_help=True)
 app.add_typer(users, name="users")
@@ -55,6 +61,25 @@ def users_create(
         user, key = create_user(session, name=name, role=role)
         typer.echo(f"created {user.role} '{user.name}' (id {user.id})")
     typer.echo(key)
+
+
+@app.command()
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="Smoke test (≤ 3 min): fewer questions, shorter training."),
+    base_model: str = typer.Option(None, help="Base checkpoint (default the converted SmolLM2-135M-Instruct)."),
+    data_dir: str = typer.Option(None, help="Fresh data dir for the demo (default HITL_DATA_DIR/demo/<time>)."),
+    seed: int = typer.Option(7, help="Scenario seed (questions, noise)."),
+    items: int = typer.Option(None, help="Number of corpus questions (default 32, quick 8)."),
+    epochs: float = typer.Option(None, help="SFT epochs passed to the retrain run."),
+    learning_rate: float = typer.Option(None, help="SFT learning rate passed to the retrain run."),
+) -> None:
+    """Play the whole loop on a fresh store through the HTTP API and report the measured improvement."""
+    from pathlib import Path
+
+    from demo.run import main
+
+    main(quick=quick, base_model=base_model, data_dir=Path(data_dir) if data_dir else None, seed=seed,
+         items=items, epochs=epochs, learning_rate=learning_rate)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""`hitl demo`: a scripted scenario (end users, reviewers, corpus data) that drives hitl through its HTTP API."""
