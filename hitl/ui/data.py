@@ -275,3 +275,28 @@ def totals(session: Session) -> dict[str, int | None]:
         model = fb(kind)
         out[kind.lower()] = count(model) if model is not None else None
     return out
+
+
+def item_detail(session: Session, message_id: str) -> dict[str, Any] | None:
+    """One reply with its conversation up to it and every feedback row on it, oldest first."""
+    message = session.get(Message, message_id)
+    if message is None:
+        return None
+    context = list(session.exec(select(Message).where(Message.conversation_id == message.conversation_id,
+                                                      Message.position <= message.position)
+                                .order_by(col(Message.position))))
+    names = {u.id: u.name for u in session.exec(select(User))}
+    rows: list[dict[str, Any]] = []
+    for kind in ("Thumbs", *REVIEW_KINDS, "Comment", "Candidate"):
+        model = fb(kind)
+        if model is None:
+            continue
+        for row in session.exec(select(model).where(model.message_id == message_id)):
+            who = getattr(row, "reviewer_id", None) or getattr(row, "user_id", None) or getattr(row, "created_by", None)
+            rows.append({"kind": kind.lower(), "id": row.id, "who": names.get(who, "end user" if kind == "Thumbs" else ""),
+                         "created_at": row.created_at, "summary": _summary(kind, row) if kind != "Candidate" else row.content[:200],
+                         "diff": getattr(row, "diff", None)})
+    rows.sort(key=lambda r: _aware(r["created_at"]))
+    item = fb("ReviewItem")
+    queue = session.get(item, message_id) if item is not None else None
+    return {"message": message, "context": context, "feedback": rows, "queue": queue}

@@ -164,6 +164,17 @@ def admin_dashboard(request: Request, session: SessionDep) -> Response:
                   rate=rate, depth=depth, recent=data.recent_feedback(session), section="dashboard")
 
 
+@router.get("/admin/items/{message_id}", response_class=HTMLResponse)
+def admin_item(request: Request, session: SessionDep, message_id: str) -> Response:
+    user = admin_page(request, session)
+    if not isinstance(user, User):
+        return user
+    detail = data.item_detail(session, message_id)
+    if detail is None:
+        return render(request, "not_found.html", user, what=f"message {message_id}", status_code=404)
+    return render(request, "admin/item.html", user, section="dashboard", **detail)
+
+
 @router.get("/admin/adjudication", response_class=HTMLResponse)
 def admin_adjudication(request: Request, session: SessionDep) -> Response:
     user = admin_page(request, session)

@@ -260,6 +260,11 @@ def test_admin_dashboard_and_pages(page, live_server, api, admin_key, tmp_path):
     assert page.locator("svg.chart").count() >= 3
     assert "omar" in page.locator("#reviewers").inner_text()
     shot(page, "admin-dashboard")
+    recent.get_by_role("link", name=message_id).first.click()
+    assert "Paris." in page.locator("#item-feedback").inner_text()
+    assert page.locator(".msg-review").count() == 1
+    shot(page, "admin-item")
+    page.go_back()
 
     page.get_by_role("navigation", name="Admin sections").get_by_role("link", name="Adjudication").click()
     section = page.locator(f'.adjudicate[data-message-id="{message_id}"]')
