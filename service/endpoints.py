@@ -206,8 +206,9 @@ def readyz(request: Request, response: Response) -> dict:
         checks["database"] = False
     ok = all(checks.values())
     response.status_code = status.HTTP_200_OK if ok else status.HTTP_503_SERVICE_UNAVAILABLE
-    return {"status": "ready" if ok else "not ready", "checks": checks,
-            "model_version": request.app.state.backend.version}
+    backend = request.app.state.backend
+    return {"status": "ready" if ok else "not ready", "checks": checks, "model_version": backend.version,
+            "serving": getattr(backend, "versions", [backend.version])}
 
 
 @router.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)

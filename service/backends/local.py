@@ -33,8 +33,16 @@ def pick_device(preferred: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+_LOADING = threading.Lock()  # transformers' loading is not thread-safe: two at once leave meta tensors
+
+
 def load_model(base_path: str | Path, adapter_path: str | Path | None = None, device: str | None = None):
     """Load a base checkpoint, merge an optional LoRA adapter, return (model, tokenizer) ready to decode."""
+    with _LOADING:
+        return _load(base_path, adapter_path, device)
+
+
+def _load(base_path: str | Path, adapter_path: str | Path | None, device: str | None):
     dev = pick_device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
