@@ -17,6 +17,20 @@ def csrf_of(client) -> str:
     return re.search(r'name="csrf-token" content="([0-9a-f]+)"', page.text).group(1)
 
 
+def rated_reply(live_server) -> str:
+    """A logged reply with an end-user thumbs-down and one reviewer rating."""
+    with live_server.client(make_key("service")) as chat:
+        reply = chat.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+        message_id = reply.json()["hitl"]["message_id"]
+        assert chat.post("/v1/feedback", json={"message_id": message_id, "thumbs": "down"}).status_code == 201
+    with live_server.client(make_key("reviewer")) as reviewer:
+        assert reviewer.post("/api/review/claim").json()["message_id"] == message_id
+        scores = {"correctness": 2, "helpfulness": 3, "tone": 4}
+        assert reviewer.post(f"/api/review/items/{message_id}/rating", json={"scores": scores}).status_code == 201
+        assert reviewer.post(f"/api/review/items/{message_id}/submit").status_code == 200
+    return message_id
+
+
 def test_cookie_session_csrf_and_roles(live_server, admin_key):
     # wrong and service keys get no session
     _client, response = sign_in(live_server, "hitl_rev_wrong")
@@ -39,9 +53,16 @@ def test_cookie_session_csrf_and_roles(live_server, admin_key):
     assert client.get("/admin").status_code == 403
     assert client.get("/ui/api/users").status_code == 403
     admin, _ = sign_in(live_server, admin_key)
-    for path in ["/admin", "/admin/adjudication", "/admin/users", "/admin/datasets", "/admin/runs", "/admin/models"]:
+    message_id = rated_reply(live_server)
+    for path in ["/admin", "/admin/adjudication", "/admin/users", "/admin/datasets", "/admin/runs", "/admin/models",
+                 f"/admin/items/{message_id}"]:
         assert admin.get(path).status_code == 200, path
+    dashboard = admin.get("/admin").text
+    assert message_id in dashboard and "thumbs down" in dashboard
+    assert 'aria-label="Thumbs-up rate per model version"' in dashboard  # per-day/per-version SQL ran on this backend
+    assert "correctness 2, helpfulness 3, tone 4" in admin.get(f"/admin/items/{message_id}").text
     assert admin.get("/admin/runs/999").status_code == 404
+    assert admin.get("/admin/items/msg_nope").status_code == 404
 
     # sign-out is a CSRF-checked POST
     assert client.post("/logout", data={"csrf_token": "nope"}).status_code == 403
