@@ -76,6 +76,27 @@ class Server:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=KEY, max_retries=0, timeout=600)
 
 
+def forward_stats(url: str) -> dict[tuple[str, str], float]:
+    """The server's forward-pass counters from /metrics: {(metric, phase): value}."""
+    found = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("hitl_forward_") and "_total{" in line:
+            name, value = line.rsplit(" ", 1)
+            metric, phase = name.split("{")[0], name.split('phase="')[1].split('"')[0]
+            found[(metric.removeprefix("hitl_forward_").removesuffix("_total"), phase)] = float(value)
+    return found
+
+
+def describe(before: dict, after: dict) -> str:
+    """Where the server spent the time: prefill vs decode passes and mean rows per decode pass."""
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    passes, rows = d.get(("passes", "decode"), 0), d.get(("rows", "decode"), 0)
+    return (f"prefill {d.get(('passes', 'prefill'), 0):.0f} passes {d.get(('seconds', 'prefill'), 0):.1f} s, "
+            f"decode {passes:.0f} passes {d.get(('seconds', 'decode'), 0):.1f} s "
+            f"({d.get(('seconds', 'decode'), 0) / max(passes, 1) * 1000:.0f} ms/pass, "
+            f"{rows / max(passes, 1):.1f} rows/pass)")
+
+
 def chat(client: openai.OpenAI, prompt: str, max_tokens: int) -> int:
     reply = client.chat.completions.create(model="hitl", messages=[{"role": "user", "content": prompt}],
                                            max_tokens=max_tokens, temperature=0)
@@ -108,13 +129,17 @@ def main() -> None:
         chat(client, "Hello!", 4)  # warm up
         ratios = []
         for r in range(args.rounds):
+            s0 = forward_stats(server.url)
             n_seq, t_seq = sequential(client, args.max_tokens)
+            s1 = forward_stats(server.url)
             n_con, t_con = concurrent(client, args.max_tokens)
+            s2 = forward_stats(server.url)
             ratio = (n_con / t_con) / (n_seq / t_seq)
             ratios.append(ratio)
             print(f"round {r + 1}: 8 sequential {n_seq} tok in {t_seq:.1f} s = {n_seq / t_seq:.1f} tok/s | "
                   f"8 concurrent {n_con} tok in {t_con:.1f} s = {n_con / t_con:.1f} tok/s | "
                   f"speed-up {ratio:.2f}x", flush=True)
+            print(f"  sequential: {describe(s0, s1)}\n  concurrent: {describe(s1, s2)}", flush=True)
     print(f"median speed-up {statistics.median(ratios):.2f}x (target >= 4x); model {args.model.name}, "
           f"max_tokens {args.max_tokens}, greedy, torch threads {args.threads or 'default'}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

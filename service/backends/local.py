@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from service.backends.base import Backend, BadRequest, Event, Generation, SamplingParams, Started, Unavailable
+from service.metrics import observe_forward
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,10 @@ class _Batch:
         for row in rows:
             row.request.emit(Started(loaded.version, row.prompt_tokens))
         cache = _growing_cache(model.config)
+        start = time.perf_counter()
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                        use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        observe_forward("prefill", len(rows), time.perf_counter() - start)
         batch = cls(loaded, rows, cache, mask, positions[:, -1] + 1, [])
         batch._sample(logits)
         return None if batch.empty else batch
@@ -271,8 +274,10 @@ class _Batch:
         device = self.loaded.device
         mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         ids = torch.tensor(self.tokens, device=device).unsqueeze(1)
+        start = time.perf_counter()
         logits = self.loaded.model(input_ids=ids, attention_mask=mask, position_ids=self.positions.unsqueeze(1),
                                    cache=self.cache, use_cache=True).logits[:, -1, :]
+        observe_forward("decode", len(self.rows), time.perf_counter() - start)
         self.mask, self.positions = mask, self.positions + 1
         self._sample(logits)
 
