@@ -66,7 +66,9 @@ def page_user(request: Request, session: Session, *roles: Role) -> User | Respon
 
 
 def safe_next(target: str | None) -> str:
-    return target if target and target.startswith("/") and not target.startswith("//") else "/review"
+    """Only same-site paths (no `//host` or `/\\host`, which browsers read as another site)."""
+    ok = target and target.startswith("/") and not target.startswith("//") and "\\" not in target
+    return target if ok else "/review"
 
 
 # ------------------------------------------------------------------------------------------- sign-in

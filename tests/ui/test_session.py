@@ -5,9 +5,9 @@ import re
 from tests.conftest import make_key
 
 
-def sign_in(live_server, key: str):
+def sign_in(live_server, key: str, next: str = "/review"):
     client = live_server.client(follow_redirects=False)
-    response = client.post("/login", data={"key": key, "next": "/review"})
+    response = client.post("/login", data={"key": key, "next": next})
     return client, response
 
 
@@ -42,6 +42,10 @@ def test_cookie_session_csrf_and_roles(live_server, admin_key):
     cookie = response.headers["set-cookie"].lower()
     assert "hitl_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
     assert client.get("/ui/api/progress").status_code == 200  # reads need only the cookie
+
+    # no open redirect, and a reviewer asking for /admin lands on /review
+    for target in ["//evil.example", "/\\evil.example", "https://evil.example", "/admin"]:
+        assert sign_in(live_server, make_key("reviewer"), target)[1].headers["location"] == "/review"
 
     # writes with the cookie need the page's CSRF token
     token = csrf_of(client)
