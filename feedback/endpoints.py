@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from core.auth import AdminUser, ReviewerUser, ServiceUser
 from core.db import SessionDep
 from core.settings import Settings, get_settings
-from feedback import idempotency, quality, service
+from feedback import idempotency, ingest, quality, service
 from feedback.idempotency import IdempotencyKey
 from feedback.models import ReviewClaimStatus, ReviewItem
 from feedback.schemas import (
@@ -42,14 +42,12 @@ def _out(schema, row, **extra):
 @router.post("/v1/feedback", response_model=ThumbsOut, status_code=201, tags=["feedback"],
              summary="End-user thumbs up/down with an optional comment (service key)",
              responses={404: {"description": "Unknown message"}})
-def post_feedback(body: FeedbackIn, request: Request, session: SessionDep, user: ServiceUser,
-                  settings: SettingsDep, key: IdempotencyKey = None) -> Response:
-    def work():
-        row = service.record_thumbs(session, user, message_id=body.message_id, thumbs=body.thumbs,
-                                    comment=body.comment, settings=settings)
-        return _out(ThumbsOut, row)
-
-    return idempotency.run(session, user, key, request, body, work, status.HTTP_201_CREATED)
+async def post_feedback(body: FeedbackIn, request: Request, user_id: Annotated[int, Depends(ingest.service_caller)],
+                        settings: SettingsDep, key: IdempotencyKey = None) -> Response:
+    """Group-committed (see `feedback.ingest`): answered once the write is durable."""
+    write = service.ThumbsWrite(user_id, body.message_id, body.thumbs, body.comment, key,
+                                idempotency.fingerprint(request, body) if key else None)
+    return idempotency.respond(await ingest.writer(settings).submit(write))
 
 
 # ---------------------------------------------------------------------------------------------- queue

@@ -17,12 +17,11 @@ from fastapi import Header, HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
-from sqlalchemy import update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
-from core.models import User, utcnow
+from core.models import User
 from feedback.models import IdempotencyRecord
+from feedback.service import Outcome, finish_key, reserve_key
 
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", max_length=200,
@@ -41,41 +40,19 @@ def lookup(session: Session, user: User, key: str, fp: str) -> Response | None:
     record = session.exec(
         select(IdempotencyRecord).where(IdempotencyRecord.user_id == user.id, IdempotencyRecord.key == key)
     ).first()
-    return None if record is None else _replay(record, fp)
-
-
-def reserve(session: Session, user: User, key: str, fp: str) -> tuple[int | None, Response | None]:
-    """Insert the record for `key`; returns (record id, None) if we own it, else (None, stored response)."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
-        insert(IdempotencyRecord)
-        .values(user_id=user.id, key=key, fingerprint=fp, created_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["user_id", "key"])
-        .returning(IdempotencyRecord.id)
-    )
-    record_id = session.execute(stmt).scalar()
-    if record_id is not None:
-        return record_id, None
-    record = session.exec(
-        select(IdempotencyRecord).where(IdempotencyRecord.user_id == user.id, IdempotencyRecord.key == key)
-        .execution_options(populate_existing=True)
-    ).one()
-    return None, _replay(record, fp)
-
-
-def finish(session: Session, record_id: int, status_code: int, payload: Any) -> None:
-    session.execute(update(IdempotencyRecord).where(IdempotencyRecord.id == record_id)
-                    .values(status_code=status_code, response=payload))
-
-
-def _replay(record: IdempotencyRecord, fp: str) -> Response:
+    if record is None:
+        return None
     if record.fingerprint != fp:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            "Idempotency-Key was already used with a different request")
+        return respond(Outcome(422, "Idempotency-Key was already used with a different request"))
     if record.status_code is None:
-        raise HTTPException(status.HTTP_409_CONFLICT, "a request with this Idempotency-Key is still running")
-    return _response(record.status_code, record.response, replayed=True)
+        return None  # still running elsewhere: reserve() will wait for it
+    return respond(Outcome(record.status_code, record.response, replayed=True))
+
+
+def respond(outcome: Outcome) -> Response:
+    if outcome.status_code >= 400:
+        raise HTTPException(outcome.status_code, outcome.payload)
+    return _response(outcome.status_code, outcome.payload, outcome.replayed)
 
 
 def _response(status_code: int, payload: Any, replayed: bool = False) -> Response:
@@ -91,11 +68,11 @@ def run(session: Session, user: User, key: str | None, request: Request, body: B
     if key is None:
         result = work()
         return _response(status.HTTP_204_NO_CONTENT if result is None else status_code, jsonable_encoder(result))
-    record_id, replay = reserve(session, user, key, fingerprint(request, body))
+    record_id, replay = reserve_key(session, user.id, key, fingerprint(request, body))
     if replay is not None:
-        return replay
+        return respond(replay)
     result = work()
     code = status.HTTP_204_NO_CONTENT if result is None else status_code
     payload = jsonable_encoder(result)
-    finish(session, record_id, code, payload)
+    finish_key(session, record_id, code, payload)
     return _response(code, payload)

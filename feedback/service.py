@@ -2,21 +2,24 @@
 the audit trail. Functions take `session` first and only flush; the request or job commits."""
 
 import difflib
+import json
 import math
 import random
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from fastapi import HTTPException, status
-from sqlalchemy import delete, exists, func, or_, update
+from sqlalchemy import delete, exists, func, insert, or_, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from core.models import Role, User, utcnow
 from core.settings import Settings
 from feedback.models import (
-    AuditEvent, Candidate, Comment, Comparison, ComparisonChoice, Correction, Deletion, Flag, Rating,
-    ReviewClaim, ReviewClaimStatus, ReviewItem, ReviewItemStatus, Thumbs, ThumbsSource, ThumbsValue,
+    AuditEvent, Candidate, Comment, Comparison, ComparisonChoice, Correction, Deletion, Flag, IdempotencyRecord,
+    Rating, ReviewClaim, ReviewClaimStatus, ReviewItem, ReviewItemStatus, Thumbs, ThumbsSource, ThumbsValue,
 )
 from service.models import Conversation, Message
 
@@ -73,18 +76,178 @@ def context_of(session: Session, message: Message) -> list[Message]:
 # ---------------------------------------------------------------------------------------------- thumbs
 
 
+@dataclass
+class ThumbsWrite:
+    user_id: int
+    message_id: str
+    thumbs: ThumbsValue
+    comment: str | None
+    key: str | None = None  # Idempotency-Key
+    fingerprint: str | None = None
+
+
+@dataclass
+class Outcome:
+    status_code: int
+    payload: Any  # the response body, or the error detail for 4xx
+    replayed: bool = False
+
+
+def record_thumbs_batch(session: Session, writes: list[ThumbsWrite], settings: Settings) -> list[Outcome]:
+    """Store many end-user thumbs in the session's transaction with a handful of set-based
+    statements on the raw DB-API cursor (one existence check, one insert each for rows, audit events
+    and idempotency records; queue updates for thumbs-down). Returns one outcome per write, in order.
+    This is the ingestion hot path, hence plain SQL instead of the ORM."""
+    lock_for_write(session)
+    sql = _RawSQL(session)
+    roles = dict(sql.fetch(f"SELECT id, role FROM message WHERE id IN ({sql.marks(len({w.message_id for w in writes}))})",
+                           sorted({w.message_id for w in writes})))
+    outcomes: list[Outcome | None] = [None] * len(writes)
+    owners: dict[tuple[int, str], int] = {}  # (user, key) -> index of the write that runs it
+    fresh: list[int] = []
+    for i, w in enumerate(writes):
+        if w.message_id not in roles:
+            outcomes[i] = Outcome(404, f"message '{w.message_id}' not found")
+        elif roles[w.message_id] != "assistant":
+            outcomes[i] = Outcome(422, "feedback targets assistant replies only")
+        elif w.key is None:
+            fresh.append(i)
+        elif (w.user_id, w.key) not in owners:  # later retries inside the batch are answered below
+            owners[(w.user_id, w.key)] = i
+    records = _reserve_keys(sql, writes, owners, outcomes)
+    fresh = sorted(fresh + [owners[k] for k in records])
+    now = utcnow()
+    if fresh:
+        ids = sql.next_ids("thumbs", len(fresh))
+        stamp = sql.timestamp(now)
+        created = now.isoformat().replace("+00:00", "Z")
+        thumbs_rows, events, answers = [], [], []
+        for i, row_id in zip(fresh, ids):
+            w = writes[i]
+            out = {"id": row_id, "message_id": w.message_id, "thumbs": w.thumbs.value, "comment": w.comment,
+                   "source": "end_user", "created_at": created}
+            outcomes[i] = Outcome(201, out)
+            thumbs_rows.append((row_id, w.message_id, w.thumbs.value, w.comment, "end_user", w.user_id, stamp))
+            events.append((w.user_id, "thumbs.create", "thumbs", str(row_id), w.message_id,
+                           json.dumps({**out, "user_id": w.user_id}), stamp))
+            if (w.user_id, w.key) in records:
+                answers.append((201, json.dumps(out), records[(w.user_id, w.key)]))
+        sql.many("INSERT INTO thumbs (id, message_id, thumbs, comment, source, user_id, created_at) "
+                 f"VALUES ({sql.marks(7)})", thumbs_rows)
+        sql.many("INSERT INTO auditevent (actor_id, action, entity, entity_id, message_id, after, created_at) "
+                 f"VALUES ({sql.marks(7)})", events)
+        if answers:
+            sql.many(f"UPDATE idempotencyrecord SET status_code = {sql.mark}, response = {sql.mark} "
+                     f"WHERE id = {sql.mark}", answers)
+        downs = {writes[i].message_id for i in fresh if writes[i].thumbs == ThumbsValue.down}
+        if downs:
+            enqueue_many(session, downs, THUMBS_DOWN_PRIORITY, "thumbs_down", settings)
+    for i, w in enumerate(writes):
+        if outcomes[i] is None:  # a retry of a key first seen earlier in this batch
+            first = owners[(w.user_id, w.key)]
+            outcomes[i] = (Outcome(outcomes[first].status_code, outcomes[first].payload, replayed=True)
+                           if writes[first].fingerprint == w.fingerprint else
+                           Outcome(422, "Idempotency-Key was already used with a different request"))
+    return outcomes
+
+
+def _reserve_keys(sql: "_RawSQL", writes: list[ThumbsWrite], owners: dict[tuple[int, str], int],
+                  outcomes: list) -> dict[tuple[int, str], int]:
+    """Insert the idempotency records of a batch (ON CONFLICT DO NOTHING); keys already stored get
+    their stored response as outcome. Returns {(user, key): record id} for the keys this batch owns."""
+    if not owners:
+        return {}
+    now = sql.timestamp(utcnow())
+    params = [v for (user_id, key), i in owners.items() for v in (user_id, key, writes[i].fingerprint, now)]
+    values = ", ".join(f"({sql.marks(4)})" for _ in owners)
+    mine = {(u, k): rid for rid, u, k in sql.fetch(
+        f"INSERT INTO idempotencyrecord (user_id, key, fingerprint, created_at) VALUES {values} "
+        "ON CONFLICT (user_id, key) DO NOTHING RETURNING id, user_id, key", params)}
+    for (user_id, key), i in owners.items():
+        if (user_id, key) in mine:
+            continue
+        (fingerprint, code, response), = sql.fetch(
+            f"SELECT fingerprint, status_code, response FROM idempotencyrecord WHERE user_id = {sql.mark} "
+            f"AND key = {sql.mark}", (user_id, key))
+        if isinstance(response, str):
+            response = json.loads(response)
+        outcomes[i] = (Outcome(422, "Idempotency-Key was already used with a different request")
+                       if fingerprint != writes[i].fingerprint else
+                       Outcome(409, "a request with this Idempotency-Key is still running") if code is None else
+                       Outcome(code, response, replayed=True))
+    return mine
+
+
+class _RawSQL:
+    """The session's DB-API connection with the dialect's parameter style (SQLite or PostgreSQL)."""
+
+    def __init__(self, session: Session):
+        connection = session.connection()
+        self.dialect = connection.dialect.name
+        self.raw = connection.connection.dbapi_connection
+        self.mark = "%s" if self.dialect == "postgresql" else "?"
+
+    def marks(self, n: int) -> str:
+        return ", ".join([self.mark] * n)
+
+    def fetch(self, statement: str, params) -> list[tuple]:
+        cursor = self.raw.cursor()
+        try:
+            cursor.execute(statement, list(params))
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def many(self, statement: str, rows: list[tuple]) -> None:
+        cursor = self.raw.cursor()
+        try:
+            cursor.executemany(statement, rows)
+        finally:
+            cursor.close()
+
+    def next_ids(self, table: str, n: int) -> list[int]:
+        """Primary keys for n new rows: the sequence on PostgreSQL; on SQLite max(id)+1… (safe: the
+        caller holds SQLite's single writer lock)."""
+        if self.dialect == "postgresql":
+            return [r[0] for r in self.fetch(
+                f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, %s)", [n])]
+        (top,), = self.fetch(f"SELECT coalesce(max(id), 0) FROM {table}", [])
+        return list(range(top + 1, top + 1 + n))
+
+    def timestamp(self, when):
+        """What SQLAlchemy stores for a UTC datetime: the value itself on PostgreSQL, ISO text on SQLite."""
+        return when if self.dialect == "postgresql" else when.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
 def record_thumbs(session: Session, user: User, *, message_id: str, thumbs: ThumbsValue,
-                  comment: str | None, settings: Settings) -> Thumbs:
-    """End-user thumbs; a thumbs-down puts the reply at the front of the review queue."""
-    assistant_message(session, message_id)
-    row = Thumbs(message_id=message_id, thumbs=thumbs, comment=comment, source=ThumbsSource.end_user,
-                 user_id=user.id)
-    session.add(row)
-    session.flush()
-    audit(session, user, "thumbs.create", "thumbs", row.id, message_id, after=snapshot(row))
-    if thumbs == ThumbsValue.down:
-        enqueue(session, message_id, THUMBS_DOWN_PRIORITY, "thumbs_down", settings)
-    return row
+                  comment: str | None, settings: Settings) -> dict:
+    """One end-user thumbs (a thumbs-down puts the reply at the front of the review queue)."""
+    outcome = record_thumbs_batch(session, [ThumbsWrite(user.id, message_id, thumbs, comment)], settings)[0]
+    if outcome.status_code >= 400:
+        raise HTTPException(outcome.status_code, outcome.payload)
+    return outcome.payload
+
+
+def reserve_key(session: Session, user_id: int, key: str, fingerprint: str) -> tuple[int | None, Outcome | None]:
+    """Claim an Idempotency-Key (INSERT … ON CONFLICT DO NOTHING); else the stored first response."""
+    record_id = session.execute(_insert(session)(IdempotencyRecord).values(
+        user_id=user_id, key=key, fingerprint=fingerprint, created_at=utcnow(),
+    ).on_conflict_do_nothing(index_elements=["user_id", "key"]).returning(IdempotencyRecord.id)).scalar()
+    if record_id is not None:
+        return record_id, None
+    record = session.exec(select(IdempotencyRecord).where(
+        IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key,
+    ).execution_options(populate_existing=True)).one()
+    if record.fingerprint != fingerprint:
+        return None, Outcome(422, "Idempotency-Key was already used with a different request")
+    if record.status_code is None:
+        return None, Outcome(409, "a request with this Idempotency-Key is still running")
+    return None, Outcome(record.status_code, record.response, replayed=True)
+
+
+def finish_key(session: Session, record_id: int, status_code: int, payload: Any) -> None:
+    session.execute(update(IdempotencyRecord).where(IdempotencyRecord.id == record_id)
+                    .values(status_code=status_code, response=payload))
 
 
 # ---------------------------------------------------------------------------------------------- queue
@@ -96,15 +259,19 @@ def _insert(session: Session):
 
 def enqueue(session: Session, message_id: str, priority: float, reason: str, settings: Settings) -> None:
     """Queue a message, or raise its priority if it is queued with a lower one (open items only)."""
-    now = utcnow()
-    session.execute(_insert(session)(ReviewItem).values(
-        message_id=message_id, priority=priority, reason=reason, required_reviews=settings.review_k,
-        status=ReviewItemStatus.open, created_at=now, updated_at=now,
-    ).on_conflict_do_nothing(index_elements=["message_id"]))
-    session.execute(update(ReviewItem).where(
-        ReviewItem.message_id == message_id, ReviewItem.status == ReviewItemStatus.open,
-        or_(col(ReviewItem.priority).is_(None), col(ReviewItem.priority) > priority),
-    ).values(priority=priority, reason=reason, updated_at=now))
+    enqueue_many(session, {message_id}, priority, reason, settings)
+
+
+def enqueue_many(session: Session, message_ids: set[str], priority: float, reason: str, settings: Settings) -> None:
+    sql, ids = _RawSQL(session), sorted(message_ids)  # a fixed lock order
+    now = sql.timestamp(utcnow())
+    sql.many("INSERT INTO reviewitem (message_id, priority, reason, required_reviews, status, created_at, updated_at) "
+             f"VALUES ({sql.marks(7)}) ON CONFLICT (message_id) DO NOTHING",
+             [(m, priority, reason, settings.review_k, ReviewItemStatus.open.value, now, now) for m in ids])
+    sql.fetch(f"UPDATE reviewitem SET priority = {sql.mark}, reason = {sql.mark}, updated_at = {sql.mark} "
+              f"WHERE message_id IN ({sql.marks(len(ids))}) AND status = {sql.mark} "
+              f"AND (priority IS NULL OR priority > {sql.mark}) RETURNING message_id",
+              [priority, reason, now, *ids, ReviewItemStatus.open.value, priority])
 
 
 def queue_priority(mean_logprob: float | None, settings: Settings, rng: random.Random) -> tuple[float | None, str | None]:
