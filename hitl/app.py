@@ -15,6 +15,8 @@ from evaluators import endpoints as evaluators_endpoints
 from feedback import endpoints as feedback_endpoints
 from hitl.ui import endpoints as ui_endpoints
 from retrain.datasets import endpoints as datasets_endpoints
+from retrain.training import endpoints as retrain_endpoints
+from retrain.training.tasks import start_embedded_scheduler, stop_scheduler
 from service import endpoints as service_endpoints
 from service import service
 from service.backends import Backend
@@ -55,9 +57,11 @@ def create_app(backend: Backend | None = None) -> FastAPI:
         app.state.backend = backend or await asyncio.to_thread(make_backend, settings)
         await app.state.backend.start()
         watcher = asyncio.create_task(follow_champion(app.state.backend))
+        scheduler = await asyncio.to_thread(start_embedded_scheduler, settings)
         try:
             yield
         finally:
+            stop_scheduler(scheduler)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -75,4 +79,5 @@ def create_app(backend: Backend | None = None) -> FastAPI:
     app.mount("/ui/static", ui_endpoints.static, name="ui-static")
     app.include_router(feedback_endpoints.router)
     app.include_router(datasets_endpoints.router)
+    app.include_router(retrain_endpoints.router)
     return app

@@ -9,6 +9,8 @@ from core.settings import get_settings
 from evaluators import cli as evaluators_cli
 from feedback import cli as feedback_cli
 from retrain.datasets import cli as datasets_cli
+from hitl import pipeline
+from retrain.training import cli as retrain_cli
 from service import cli as service_cli
 
 app = typer.Typer(help="hitl: human-in-the-loop feedback and continuous improvement for chatbots.",
@@ -18,6 +20,10 @@ app.add_typer(evaluators_cli.app, name="models")
 app.command("eval")(evaluators_cli.eval_command)
 app.add_typer(feedback_cli.app, name="review")
 app.add_typer(datasets_cli.app, name="dataset")
+app.add_typer(retrain_cli.app, name="retrain")
+retrain_cli.app.command("execute", hidden=True)(pipeline.execute_command)
+retrain_cli.app.command("train-stages", hidden=True)(pipeline.train_stages_command)
+app.command("scheduler")(retrain_cli.scheduler)
 
 users = typer.Typer(help="Manage API users and keys.", no_args_is_help=True)
 app.add_typer(users, name="users")

@@ -1,0 +1,277 @@
+"""The retrain pipeline of one run: snapshot → plan → train → register candidate → evaluators → final status.
+
+Runs in its own process (`python -m hitl retrain execute RUN_ID`, started by the scheduler, the API or
+`hitl retrain run`), holding the cluster-wide retrain lock. Every step is restartable: the snapshot, plan
+and champion are recorded on the run; finished stages are not retrained; an unfinished stage resumes
+from its last complete checkpoint. Any error marks the run failed; the champion alias is never touched
+here (only the evaluators promote).
+"""
+
+import copy
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from core.db import session_scope
+from core.models import utcnow
+from core.settings import Settings, get_settings
+import typer
+
+from retrain.training import service as runs
+from retrain.training.config import load_config
+from retrain.training.models import FINISHED, RetrainRun, RunStatus
+from retrain.training.plan import make_plan
+from service import service as serving
+
+log = logging.getLogger("hitl.pipeline")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class MetricsSink:
+    """Per-step metrics into `RetrainRun.metrics["steps"]` (flushed at most every `every_s`, evals at once)."""
+
+    def __init__(self, run_id: int, every_s: float = 2.0):
+        self.run_id, self.every_s, self.pending, self.last = run_id, every_s, [], 0.0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.pending.append(event)
+        if "eval_loss" in event or time.monotonic() - self.last > self.every_s:
+            self.flush()
+
+    def flush(self, **extra: Any) -> None:
+        with session_scope() as session:
+            run = session.get(RetrainRun, self.run_id)
+            metrics = copy.deepcopy(run.metrics or {})  # a new object, or SQLAlchemy sees no change
+            metrics["steps"] = list(metrics.get("steps", [])) + self.pending
+            metrics.update(extra)
+            run.metrics = metrics
+            session.add(run)
+        self.pending, self.last = [], time.monotonic()
+
+
+def _update(run_id: int, **fields: Any) -> None:
+    with session_scope() as session:
+        run = session.get(RetrainRun, run_id)
+        for key, value in fields.items():
+            setattr(run, key, value)
+        session.add(run)
+
+
+def prepare(run_id: int, settings: Settings) -> dict[str, Any]:
+    """Snapshot, plan and champion of the run: built once, then read back on resume."""
+    from retrain.training import adapters
+
+    with session_scope() as session:
+        run = runs.get_run(session, run_id)
+        config = load_config(data=run.config)
+        if run.plan and run.plan.get("snapshot_path"):
+            return run.plan
+        if config.snapshot_path:
+            path = Path(config.snapshot_path).resolve()
+            if not path.is_dir():
+                raise FileNotFoundError(f"snapshot {path} does not exist")
+            run.snapshot_hash = runs.snapshot_hash(path)
+        else:
+            try:
+                from retrain.datasets.schemas import BuildOptions
+                from retrain.datasets.service import build_snapshot
+            except ImportError as exc:
+                raise RuntimeError("the dataset builder (retrain.datasets.service) is not available") from exc
+            snapshot = build_snapshot(session, settings, BuildOptions(**config.snapshot_options))
+            path, run.snapshot_id, run.snapshot_hash = Path(snapshot.path).resolve(), snapshot.id, snapshot.hash
+        counts = runs.snapshot_counts(path)
+        kto = runs.load_rows(path, "kto", "train") if counts["kto"]["train"] else []
+        labels = {"desirable": sum(bool(r["label"]) for r in kto), "undesirable": sum(not r["label"] for r in kto)}
+        plan = make_plan(counts, config, labels)
+        champion = serving.ensure_champion(session, settings)
+        stacked = adapters.adapter_rank(champion.adapter_path) + sum(
+            getattr(config, s["method"]).lora_r for s in plan["stages"])
+        merge = config.chaining == "merge" or (champion.adapter_path and stacked > config.max_stacked_rank)
+        plan.update(snapshot_path=str(path), counts=counts, kto_labels=labels,
+                    champion={"version": champion.version, "base_path": champion.base_path,
+                              "adapter_path": champion.adapter_path},
+                    chaining={"mode": "merge" if merge else "stack",
+                              "reason": ("configured" if config.chaining == "merge" else
+                                         f"stacked rank {stacked} > {config.max_stacked_rank}") if merge else
+                              "champion adapter + new LoRA concatenated into one adapter on the same base"})
+        run.plan = plan
+        session.add(run)
+        return plan
+
+
+def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, str]:
+    """Train every planned stage in order; return (candidate adapter dir, its base checkpoint)."""
+    from retrain.training import adapters, hardware
+    from retrain.training.trainers import run_stage
+
+    with session_scope() as session:
+        config = load_config(data=runs.get_run(session, run_id).config)
+    out = runs.run_dir(settings, run_id)
+    snapshot, champion = Path(plan["snapshot_path"]), plan["champion"]
+    base_path, champ_adapter = champion["base_path"], champion["adapter_path"]
+    if plan["chaining"]["mode"] == "merge" and champ_adapter:
+        base_path = str(adapters.write_merged_base(
+            champion["base_path"], champ_adapter, settings.models_dir / "merged" / champion["version"]))
+        champ_adapter = None
+    hw = hardware.detect()
+    sink = MetricsSink(run_id)
+    finals: list[Path] = []
+    for i, stage in enumerate(plan["stages"]):
+        method = stage["method"]
+        train_rows = runs.load_rows(snapshot, method, "train")
+        eval_rows = runs.load_rows(snapshot, method, "eval")
+        sweep = plan["sweep"] if plan.get("sweep") and i == 0 else None
+        result = run_stage(method, config, base_path=base_path, merge=[champ_adapter, *finals], train=train_rows,
+                           eval_rows=eval_rows, out=out / "stages" / f"{i}-{method}", sink=sink, sweep=sweep,
+                           hw=hw)
+        finals.append(out / "stages" / f"{i}-{method}" / "final")
+        with session_scope() as session:
+            run = runs.get_run(session, run_id)
+            metrics = copy.deepcopy(run.metrics or {})
+            metrics.setdefault("stages", {})[f"{i}-{method}"] = {
+                k: result.get(k) for k in ("method", "steps", "train_loss", "best_eval_loss", "evals", "underfit",
+                                           "stopped_early", "resumed_from", "batch", "precision", "packing",
+                                           "tokens", "seconds", "sweep", "chosen_trial", "reused")}
+            run.metrics = metrics
+            session.add(run)
+        sink.flush()
+    candidate = adapters.concat_adapters([champ_adapter, *finals], out / "candidate")
+    return candidate, base_path
+
+
+def gate(run_id: int) -> tuple[RunStatus, dict[str, Any]]:
+    """The evaluators' decision (promote / reject), when that package is installed."""
+    try:
+        from evaluators.gate import evaluate_and_decide
+    except ImportError as exc:
+        return RunStatus.succeeded, {"note": f"evaluation not available ({exc})"}
+    decision = evaluate_and_decide(run_id) or {}
+    if decision.get("decision") in ("promote", "promoted") or (decision.get("passed") and not decision.get("decision")):
+        return RunStatus.promoted, decision
+    if decision.get("passed") is False or decision.get("decision") in ("reject", "rejected"):
+        return RunStatus.rejected, decision
+    return RunStatus.succeeded, decision  # e.g. made challenger for a canary
+
+
+def distributed_launch(run_id: int, hw) -> bool:
+    """On several GPUs, train under `accelerate launch` (deploy/accelerate.yaml); True when it did."""
+    if hw.device != "cuda" or hw.n_devices < 2 or os.environ.get("WORLD_SIZE"):
+        return False
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "deploy" / "accelerate.yaml"),
+           "--num_processes", str(hw.n_devices), "-m", "hitl", "retrain", "train-stages", str(run_id)]
+    subprocess.run(cmd, check=True)
+    return True
+
+
+def run_pipeline(run_id: int) -> RunStatus:
+    """Execute (or resume) one run under the retrain lock; returns its final status."""
+    settings = get_settings()
+    lock = runs.RetrainLock(settings)
+    if not lock.acquire():
+        with session_scope() as session:
+            run = runs.get_run(session, run_id)
+            if run.status not in FINISHED and run.status != RunStatus.running:
+                runs.finish(session, run, RunStatus.skipped, reason="another retrain holds the lock")
+            return run.status
+    try:
+        return _run_locked(run_id, settings)
+    finally:
+        lock.release()
+
+
+def _run_locked(run_id: int, settings: Settings) -> RunStatus:
+    out = runs.run_dir(settings, run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    with session_scope() as session:
+        run = runs.get_run(session, run_id)
+        if run.status in FINISHED:
+            return run.status
+        resumed = run.status == RunStatus.running
+        run.status, run.pid, run.artifacts_path = RunStatus.running, os.getpid(), str(out)
+        run.log_path = run.log_path or str(out / "run.log")
+        run.started_at = run.started_at or utcnow()
+        timings = copy.deepcopy(run.timings or {})
+        timings.setdefault("attempts", []).append({"pid": os.getpid(), "at": utcnow().isoformat(),
+                                                  "resumed": resumed})
+        run.timings = timings
+        session.add(run)
+    timings, t0 = {}, time.monotonic()
+    try:
+        plan = prepare(run_id, settings)
+        timings["snapshot_and_plan_s"] = round(time.monotonic() - t0, 2)
+        if not plan["stages"]:
+            with session_scope() as session:
+                reasons = "; ".join(f"{s['method']}: {s['reason']}" for s in plan["skipped"])
+                runs.finish(session, runs.get_run(session, run_id), RunStatus.skipped,
+                            reason=f"nothing to train ({reasons})")
+            return RunStatus.skipped
+        t1 = time.monotonic()
+        from retrain.training import hardware
+
+        hw = hardware.detect()
+        if distributed_launch(run_id, hw):
+            candidate = out / "candidate"
+            base_path = json.loads((out / "candidate.json").read_text())["base_path"]
+        else:
+            candidate, base_path = train(run_id, settings, plan)
+        timings["train_s"] = round(time.monotonic() - t1, 2)
+        with session_scope() as session:
+            run = runs.get_run(session, run_id)
+            version = runs.register_candidate(session, run, base_path=base_path, adapter_path=candidate,
+                                              parent=plan["champion"]["version"])
+            log.info("candidate %s registered: %s", version.version, candidate)
+        t2 = time.monotonic()
+        final, decision = (gate(run_id) if load_config(data=_config(run_id)).evaluate
+                           else (RunStatus.succeeded, {"note": "evaluation disabled in the run config"}))
+        timings["evaluate_s"] = round(time.monotonic() - t2, 2)
+        with session_scope() as session:
+            run = runs.get_run(session, run_id)
+            run.gate = run.gate or decision
+            run.timings = {**(run.timings or {}), **timings, "total_s": round(time.monotonic() - t0, 2)}
+            runs.finish(session, run, final)
+        return final
+    except BaseException as exc:
+        with session_scope() as session:
+            run = runs.get_run(session, run_id)
+            run.timings = {**(run.timings or {}), **timings}
+            text = "".join(traceback.format_exception(exc))[-4000:]
+            runs.finish(session, run, RunStatus.failed, error=f"{type(exc).__name__}: {exc}\n{text}")
+        log.exception("retrain run %s failed", run_id)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return RunStatus.failed
+
+
+def train_stages(run_id: int) -> None:
+    """Entry point under `accelerate launch`: every rank trains; rank 0 writes the candidate."""
+    settings = get_settings()
+    with session_scope() as session:
+        plan = runs.get_run(session, run_id).plan
+    candidate, base_path = train(run_id, settings, plan)
+    if int(os.environ.get("RANK", "0")) == 0:
+        (runs.run_dir(settings, run_id) / "candidate.json").write_text(json.dumps({"base_path": base_path}))
+
+
+def _config(run_id: int) -> dict | None:
+    with session_scope() as session:
+        return runs.get_run(session, run_id).config
+
+
+def execute_command(run_id: int = typer.Argument(..., help="RetrainRun id.")) -> None:
+    """Execute (or resume) a retrain run in this process (what the scheduler and the API start)."""
+    from core import logs
+
+    logs.configure(get_settings().log_format)
+    final = run_pipeline(run_id)
+    raise typer.Exit(0 if final != RunStatus.failed else 1)
+
+
+def train_stages_command(run_id: int = typer.Argument(..., help="RetrainRun id.")) -> None:
+    """Train a prepared run's stages (one process per GPU under `accelerate launch`)."""
+    train_stages(run_id)

@@ -1,0 +1,124 @@
+"""LoRA adapter files: checksums, loading a champion for training, and champion chaining.
+
+Champion chaining (documented choice): **stacked, stored as one adapter**. A new run trains a fresh LoRA on
+the champion with the champion's adapter merged in memory (W' = W + B1A1). Since LoRA deltas add, the
+candidate's adapter is the exact concatenation of the champion's adapter and the new one along the rank:
+B = [s1*B1 | s2*B2], A = [A1; A2], r = r1 + r2, alpha = r (scaling 1), so B A = s1 B1 A1 + s2 B2 A2.
+The registry row keeps the champion's `base_path` and points at this one adapter, which
+`service.backends.local.load_model(base_path, adapter_path)` loads and merges; remote LoRA servers (vLLM)
+serve it on the same base. When the stacked rank would pass `max_stacked_rank` (or `chaining: merge`), the
+champion is instead merged into a new base checkpoint under `data_dir/models/merged/<version>/` and the
+candidate adapter holds only the new LoRA.
+"""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def checksum(path: str | Path) -> str:
+    """sha256 over the adapter directory: every file's relative name and bytes, in sorted order."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def is_adapter(path: str | Path | None) -> bool:
+    return bool(path) and (Path(path) / ADAPTER_CONFIG).exists() and (Path(path) / ADAPTER_WEIGHTS).exists()
+
+
+def adapter_rank(path: str | Path | None) -> int:
+    if not is_adapter(path):
+        return 0
+    return int(json.loads((Path(path) / ADAPTER_CONFIG).read_text())["r"])
+
+
+def _scaling(config: dict) -> float:
+    r = config["r"]
+    return config["lora_alpha"] / (r**0.5 if config.get("use_rslora") else r)
+
+
+def concat_adapters(parts: list[str | Path], out: str | Path) -> Path:
+    """Write one adapter whose delta equals the sum of the parts' deltas (rank concatenation)."""
+    parts = [Path(p) for p in parts if is_adapter(p)]
+    if not parts:
+        raise ValueError("no adapters to combine")
+    configs = [json.loads((p / ADAPTER_CONFIG).read_text()) for p in parts]
+    weights = [load_file(p / ADAPTER_WEIGHTS) for p in parts]
+    for config in configs:
+        if config.get("use_dora") or config.get("rank_pattern") or config.get("alpha_pattern"):
+            raise ValueError("only plain LoRA adapters can be stacked")
+    modules = sorted({key.rsplit(".lora_", 1)[0] for w in weights for key in w if ".lora_" in key})
+    combined: dict[str, torch.Tensor] = {}
+    for module in modules:
+        a_key, b_key = f"{module}.lora_A.weight", f"{module}.lora_B.weight"
+        present = next(w for w in weights if a_key in w)
+        d_in, d_out = present[a_key].shape[1], present[b_key].shape[0]
+        a_parts, b_parts = [], []
+        for config, w in zip(configs, weights):
+            r = config["r"]
+            if a_key in w:
+                a_parts.append(w[a_key].float())
+                b_parts.append(w[b_key].float() * _scaling(config))
+            else:  # this part has no LoRA on the module: zero block
+                a_parts.append(torch.zeros(r, d_in))
+                b_parts.append(torch.zeros(d_out, r))
+        dtype = present[a_key].dtype
+        combined[a_key] = torch.cat(a_parts, 0).to(dtype).contiguous()
+        combined[b_key] = torch.cat(b_parts, 1).to(dtype).contiguous()
+    rank = sum(c["r"] for c in configs)
+    config = dict(configs[-1])
+    targets = set()
+    for c in configs:
+        t = c.get("target_modules")
+        targets.update([t] if isinstance(t, str) else t or [])
+    config.update(r=rank, lora_alpha=rank, use_rslora=False, lora_dropout=0.0, target_modules=sorted(targets))
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(combined, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
+def load_merged(base_path: str | Path, adapters: list[str | Path], dtype: torch.dtype = torch.float32):
+    """The base checkpoint with each adapter merged in, in order (the model a new LoRA trains on)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
+    for adapter in adapters:
+        if is_adapter(adapter):
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return model
+
+
+def write_merged_base(base_path: str | Path, adapter_path: str | Path | None, out: str | Path) -> Path:
+    """Save base + adapter as a full checkpoint (for `chaining: merge`); reused when already there."""
+    from transformers import AutoTokenizer
+
+    out = Path(out)
+    if (out / "config.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = load_merged(base_path, [adapter_path] if adapter_path else [])
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(str(base_path)).save_pretrained(tmp)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,257 @@
+"""Training configuration: one dataclass per method (mapped onto TRL's SFTConfig / DPOConfig / KTOConfig),
+a run-level dataclass, YAML files and `key=value` overrides, and the scheduler's environment settings.
+
+Precedence: dataclass defaults < YAML file (`HITL_RETRAIN_CONFIG` or `--config`) < `--set a.b=value` flags
+< the API body. Hardware-dependent fields (precision, batch size, packing, gradient checkpointing) default
+to `None` = decided by `hardware.py` for the machine the run lands on.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RetrainSettings(BaseSettings):
+    """Scheduler and retrain knobs read from `HITL_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="HITL_", env_file=".env", extra="ignore")
+
+    retrain_cron: str = Field("0 2 * * *", description="Crontab of the scheduled retrain (default nightly, 02:00).")
+    retrain_timezone: str = Field("UTC", description="Time zone of retrain_cron.")
+    retrain_misfire_grace_s: int = Field(
+        7 * 24 * 3600, description="A missed trigger still runs (once) at start-up if it is at most this old.")
+    retrain_min_feedback: int = Field(
+        20, description="Scheduled runs need this much new feedback since the last run; else skipped.")
+    retrain_config: Path | None = Field(None, description="YAML file with RetrainConfig values.")
+    retrain_stale_s: int = Field(300, description="A queued run with no process this long is resumed.")
+
+
+@lru_cache
+def get_retrain_settings() -> RetrainSettings:
+    return RetrainSettings()
+
+
+def _help(text: str, **kw) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method shares. Any other TRL / TrainingArguments field goes in `extra`."""
+
+    learning_rate: float = _help("Peak learning rate (after warmup).", default=2e-4)
+    num_train_epochs: float = _help("Epochs over the train split.", default=3.0)
+    max_steps: int = _help("Stop after this many optimizer steps (-1: run all epochs).", default=-1)
+    effective_batch_size: int = _help(
+        "Examples per optimizer step; reached with the largest per-device batch that fits + accumulation.",
+        default=16)
+    per_device_train_batch_size: int | None = _help(
+        "Fix the per-device batch (None: the largest that fits, found by accelerate).", default=None)
+    max_length: int = _help("Longest tokenized example; longer ones are truncated.", default=1024)
+    warmup_ratio: float = _help("Fraction of steps with linear learning-rate warmup.", default=0.1)
+    lr_scheduler_type: str = _help("Learning-rate schedule after warmup (transformers name).", default="cosine")
+    max_grad_norm: float = _help("Gradient clipping norm.", default=1.0)
+    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    lora_r: int = _help("LoRA rank.", default=16)
+    lora_alpha: int = _help("LoRA alpha (scaling = alpha / r).", default=32)
+    lora_dropout: float = _help("Dropout on the LoRA path.", default=0.05)
+    lora_target_modules: list[str] | str = _help(
+        "Modules that get LoRA ('all-linear' or a list of names).", default="all-linear")
+    early_stopping_patience: int = _help(
+        "Stop when eval loss has not improved for this many evaluations (one per epoch); 0: never.", default=2)
+    min_rows: int = _help("The plan trains this method only with at least this many train rows.", default=8)
+    extra: dict[str, Any] = _help(
+        "Extra keyword arguments passed verbatim to the TRL config (e.g. {optim: adamw_torch_fused}).",
+        default_factory=dict)
+
+
+@dataclass
+class SFTOptions(MethodConfig):
+    """Supervised fine-tuning on corrected / top-rated replies (loss on the assistant reply only)."""
+
+    packing: bool | None = _help(
+        "Pack examples into full rows (padding-free, position_ids reset per example); None: on CUDA only.",
+        default=None)
+
+
+@dataclass
+class DPOOptions(MethodConfig):
+    """Direct preference optimisation on (chosen, rejected) pairs; the reference is the champion."""
+
+    learning_rate: float = _help("Peak learning rate (after warmup).", default=5e-5)
+    num_train_epochs: float = _help("Epochs over the train split.", default=2.0)
+    beta: float = _help("DPO temperature: how far the policy may move from the reference.", default=0.1)
+    loss_type: str = _help("DPO loss variant (TRL name).", default="sigmoid")
+
+
+@dataclass
+class KTOOptions(MethodConfig):
+    """KTO on thumbs (desirable / undesirable single replies); used when there are too few pairs for DPO."""
+
+    learning_rate: float = _help("Peak learning rate (after warmup).", default=5e-5)
+    num_train_epochs: float = _help("Epochs over the train split.", default=2.0)
+    beta: float = _help("KTO temperature.", default=0.1)
+    min_rows: int = _help("The plan trains KTO only with at least this many train rows.", default=16)
+    desirable_weight: float | None = _help(
+        "Weight of desirable examples (None: balance the classes as the KTO paper advises).", default=None)
+    undesirable_weight: float | None = _help("Weight of undesirable examples (None: balanced).", default=None)
+
+
+@dataclass
+class RetrainConfig:
+    """One retrain run: which methods, guards, checkpoints, sweep and champion chaining."""
+
+    methods: list[str] | None = _help(
+        "Force these stages in this order (sft, dpo, kto); None: the plan decides from the snapshot.", default=None)
+    sft: SFTOptions = _help("SFT options.", default_factory=SFTOptions)
+    dpo: DPOOptions = _help("DPO options.", default_factory=DPOOptions)
+    kto: KTOOptions = _help("KTO options.", default_factory=KTOOptions)
+    sweep_learning_rates: list[float] = _help(
+        "Optional sweep: learning rates tried for the first stage; the trial with the lowest eval loss wins.",
+        default_factory=list)
+    sweep_epochs: list[float] = _help("Optional sweep: epoch counts crossed with sweep_learning_rates.",
+                                      default_factory=list)
+    save_steps: int = _help("Checkpoint every N optimizer steps (a killed run resumes from the last one).",
+                            default=50)
+    save_total_limit: int = _help("Checkpoints kept per stage.", default=2)
+    logging_steps: int = _help("Record loss / learning rate / grad norm every N steps.", default=5)
+    seed: int = _help("Random seed.", default=42)
+    underfit_threshold: float = _help(
+        "Report underfitting when the best eval loss improved on the starting one by less than this fraction.",
+        default=0.01)
+    chaining: str = _help(
+        "'stack': the candidate adapter is the champion's adapter concatenated with the new LoRA "
+        "(same base checkpoint, exact); 'merge': write a merged base and a fresh adapter.", default="stack")
+    max_stacked_rank: int = _help("With 'stack', merge into a new base once the total LoRA rank exceeds this.",
+                                  default=256)
+    torch_threads: int | None = _help(
+        "CPU threads for training (None: HITL_TORCH_THREADS, else torch's default). On a CPU shared with other "
+        "processes, fewer threads avoid oversubscription (measured 20x faster steps with 1 thread on a loaded "
+        "2-core machine).", default=None)
+    cpu_max_batch_size: int = _help("Largest per-device batch on CPU (no OOM probe there).", default=8)
+    bf16: bool | None = _help("bf16 mixed precision (None: on when the GPU supports it; never on CPU).",
+                              default=None)
+    gradient_checkpointing: bool | None = _help(
+        "Recompute activations (None: only when the batch probe says memory needs it).", default=None)
+    snapshot_path: str | None = _help(
+        "Train on this existing snapshot directory instead of building a new one.", default=None)
+    snapshot_options: dict[str, Any] = _help(
+        "Options for the dataset builder (retrain.datasets BuildOptions); by default a 20% replay mix of general "
+        "instructions against catastrophic forgetting.", default_factory=lambda: {"replay_fraction": 0.2})
+    evaluate: bool = _help("Hand the candidate to the evaluators when training succeeds.", default=True)
+    max_wall_s: float | None = _help("Stop training (keeping the best checkpoint) after this many seconds.",
+                                     default=None)
+
+
+METHODS = ("sft", "dpo", "kto")
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown field or a bad value."""
+
+
+def to_dict(config: RetrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: dict[str, Any] | None, base: RetrainConfig | None = None) -> RetrainConfig:
+    """Overlay `data` (nested dict) on `base` (default: dataclass defaults); unknown keys are errors."""
+    return _overlay(base or RetrainConfig(), data or {}, "")
+
+
+def _overlay(obj: Any, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config field '{prefix}{key}'")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _overlay(current, value, f"{prefix}{key}.")
+        else:
+            changes[key] = _coerce(value, current, f"{prefix}{key}")
+    return dataclasses.replace(obj, **changes)
+
+
+def _coerce(value: Any, current: Any, name: str) -> Any:
+    if value is None or current is None:
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{name}' must be true or false")
+        return value
+    if isinstance(current, int | float) and not isinstance(value, bool):
+        try:
+            return type(current)(value) if isinstance(value, int | float | str) else _bad(name, value)
+        except ValueError:
+            raise ConfigError(f"'{name}' must be a number, got {value!r}") from None
+    return value
+
+
+def _bad(name: str, value: Any):
+    raise ConfigError(f"'{name}' has a bad value {value!r}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["sft.learning_rate=1e-4", "methods=[sft,dpo]"]` → nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{pair}' is not key=value")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict[str, Any] | None = None) -> RetrainConfig:
+    """Defaults < YAML file (argument, else HITL_RETRAIN_CONFIG) < `key=value` overrides < `data`."""
+    config = RetrainConfig()
+    path = path or get_retrain_settings().retrain_config
+    if path:
+        config = from_dict(yaml.safe_load(Path(path).read_text()) or {}, config)
+    if overrides:
+        config = from_dict(parse_overrides(overrides), config)
+    if data:
+        config = from_dict(data, config)
+    return validate(config)
+
+
+def validate(config: RetrainConfig) -> RetrainConfig:
+    for method in config.methods or []:
+        if method not in METHODS:
+            raise ConfigError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if config.chaining not in ("stack", "merge"):
+        raise ConfigError("chaining must be 'stack' or 'merge'")
+    for name in METHODS:
+        opts = getattr(config, name)
+        if opts.learning_rate <= 0 or opts.effective_batch_size < 1 or opts.lora_r < 1 or opts.max_length < 8:
+            raise ConfigError(f"{name}: learning_rate, effective_batch_size, lora_r and max_length must be positive")
+    if config.save_steps < 1 or config.logging_steps < 1:
+        raise ConfigError("save_steps and logging_steps must be >= 1")
+    return config
+
+
+def describe(obj: Any = None, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted name, default, help) of every field, for `hitl retrain config`."""
+    obj = obj or RetrainConfig()
+    rows = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            rows.extend(describe(value, f"{prefix}{f.name}."))
+        else:
+            rows.append((prefix + f.name, value, f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,326 @@
+"""One training stage (SFT, DPO or KTO) with TRL + PEFT LoRA, restartable from its last checkpoint.
+
+A stage directory holds `checkpoints/checkpoint-N` (every `save_steps`; complete once `trainer_state.json`
+is written, which Trainer does last), `best/` (the adapter with the lowest eval loss so far, saved after
+each per-epoch evaluation), `final/` (the stage result, appearing atomically) and `result.json`.
+A stage whose `final/` exists is done and is not trained again.
+"""
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from retrain.training import adapters, hardware
+from retrain.training.config import DPOOptions, KTOOptions, MethodConfig, RetrainConfig, SFTOptions
+
+log = logging.getLogger(__name__)
+Sink = Callable[[dict[str, Any]], None]
+
+
+class LeakageError(AssertionError):
+    """Eval data reached the trainer, or train and eval share a conversation."""
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def to_trl_rows(method: str, rows: list[dict]) -> list[dict]:
+    """Snapshot rows (SEAMS format) → TRL conversational rows; SFT becomes prompt/completion so the loss
+    covers only the assistant reply (TRL's completion-only loss)."""
+    out = []
+    for row in rows:
+        if method == "sft":
+            messages = row["messages"]
+            if not messages or messages[-1]["role"] != "assistant":
+                raise ValueError("an SFT row must end with the assistant reply")
+            out.append({"prompt": messages[:-1], "completion": [messages[-1]]})
+        elif method == "dpo":
+            out.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]})
+        else:
+            out.append({"prompt": row["prompt"], "completion": row["completion"], "label": bool(row["label"])})
+    return out
+
+
+def _key(row: dict) -> str:
+    return json.dumps({k: v for k, v in row.items() if k != "lineage"}, sort_keys=True)
+
+
+def assert_no_leakage(train: list[dict], eval_rows: list[dict], train_split: str = "train") -> None:
+    """Train only on the train split, and no conversation or identical example on both sides."""
+    if train_split != "train":
+        raise LeakageError(f"training asked for split '{train_split}'; only 'train' may be trained on")
+    conv = lambda rows: {(r.get("lineage") or {}).get("conversation_id") for r in rows} - {None}  # noqa: E731
+    shared = conv(train) & conv(eval_rows)
+    if shared:
+        raise LeakageError(f"{len(shared)} conversation(s) in both train and eval, e.g. {sorted(shared)[0]}")
+    same = {_key(r) for r in train} & {_key(r) for r in eval_rows}
+    if same:
+        raise LeakageError(f"{len(same)} identical example(s) in both train and eval")
+
+
+# -- callbacks -------------------------------------------------------------------------------------
+
+class Recorder(TrainerCallback):
+    """Per-step metrics to the run record; best adapter after each evaluation; early stopping; wall clock."""
+
+    def __init__(self, stage_dir: Path, sink: Sink | None, tag: str, patience: int, max_wall_s: float | None):
+        self.stage_dir, self.sink, self.tag = stage_dir, sink, tag
+        self.patience, self.deadline = patience, (time.monotonic() + max_wall_s) if max_wall_s else None
+        self.state_file = stage_dir / "best.json"
+        saved = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        self.best = saved.get("best_eval_loss", math.inf)
+        self.bad_evals = saved.get("bad_evals", 0)
+        self.evals: list[dict] = saved.get("evals", [])
+        self.last_eval_step = saved.get("last_eval_step", -1)
+        self.stopped_early = False
+        self.paused = False  # during the baseline evaluation
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if state.is_world_process_zero and self.sink and logs:
+            self.sink({"stage": self.tag, "step": state.global_step, "max_steps": state.max_steps,
+                       **{k: v for k, v in logs.items() if isinstance(v, int | float)}})
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.deadline and time.monotonic() > self.deadline:
+            control.should_training_stop = True
+            self.stopped_early = True
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
+        loss = (metrics or {}).get("eval_loss")
+        if self.paused or loss is None or state.global_step == self.last_eval_step:
+            return
+        self.last_eval_step = state.global_step
+        self.evals.append({"step": state.global_step, "epoch": state.epoch, "eval_loss": loss})
+        if loss < self.best - 1e-6:
+            self.best, self.bad_evals = loss, 0
+            if state.is_world_process_zero and model is not None:
+                save_adapter(model, self.stage_dir / "best")
+        else:
+            self.bad_evals += 1
+            if self.patience and self.bad_evals >= self.patience:
+                control.should_training_stop = True
+                self.stopped_early = True
+        if state.is_world_process_zero:
+            self.state_file.write_text(json.dumps({"best_eval_loss": self.best, "bad_evals": self.bad_evals,
+                                                   "evals": self.evals, "last_eval_step": self.last_eval_step}))
+            if self.sink:
+                self.sink({"stage": self.tag, "step": state.global_step, "max_steps": state.max_steps,
+                           "eval_loss": loss, "epoch": state.epoch})
+
+
+def save_adapter(model, target: Path) -> None:
+    """Write the LoRA adapter atomically (tmp dir, then rename)."""
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card: not part of the adapter
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.replace(old)
+    tmp.replace(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def last_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint (Trainer writes trainer_state.json last)."""
+    found = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(found, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+# -- one stage -------------------------------------------------------------------------------------
+
+def model_dtype(hw: hardware.Hardware, bf16: bool | None) -> torch.dtype:
+    return torch.bfloat16 if hw.device == "cuda" and (hw.bf16 if bf16 is None else bf16) else torch.float32
+
+
+def trl_classes(method: str):
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
+
+    return {"sft": (SFTConfig, SFTTrainer), "dpo": (DPOConfig, DPOTrainer), "kto": (KTOConfig, KTOTrainer)}[method]
+
+
+def lora_config(opts: MethodConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+                      target_modules=opts.lora_target_modules, task_type="CAUSAL_LM")
+
+
+def longest_tokens(tokenizer, rows: list[dict], method: str, cap: int, sample: int = 16) -> int:
+    """Token length of the longest examples (by characters), for the batch probe."""
+    def text(row):
+        parts = [row.get("prompt", []), row.get("completion", []), row.get("chosen", []), row.get("rejected", [])]
+        return [m for p in parts for m in p]
+
+    longest = sorted(rows, key=lambda r: -sum(len(m["content"]) for m in text(r)))[:sample]
+    n = max((len(tokenizer.apply_chat_template(text(r), tokenize=True)) for r in longest), default=16)
+    n = n if isinstance(n, int) else 16
+    return max(8, min(cap, n))
+
+
+def trl_args(method: str, opts: MethodConfig, config: RetrainConfig, hw: hardware.Hardware, batch: dict,
+             out: Path, has_eval: bool, train_rows: list[dict]) -> Any:
+    config_cls, _ = trl_classes(method)
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(out / "checkpoints"), seed=config.seed, report_to=[], disable_tqdm=True,
+        learning_rate=opts.learning_rate, num_train_epochs=opts.num_train_epochs, max_steps=opts.max_steps,
+        warmup_steps=opts.warmup_ratio, lr_scheduler_type=opts.lr_scheduler_type, max_grad_norm=opts.max_grad_norm,
+        weight_decay=opts.weight_decay, max_length=opts.max_length,
+        per_device_train_batch_size=batch["per_device_train_batch_size"],
+        per_device_eval_batch_size=batch["per_device_train_batch_size"],
+        gradient_accumulation_steps=batch["gradient_accumulation_steps"],
+        gradient_checkpointing=batch["gradient_checkpointing"],
+        eval_strategy="epoch" if has_eval else "no", save_strategy="steps", save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, logging_first_step=True,
+        dataloader_num_workers=0, **hardware.precision(hw, config.bf16),
+    )
+    if isinstance(opts, SFTOptions):
+        packing = hardware.use_packing(hw, opts.packing)
+        kwargs.update(packing=packing, completion_only_loss=True, eval_packing=False)
+    if isinstance(opts, DPOOptions):
+        kwargs.update(beta=opts.beta, loss_type=[opts.loss_type] if method == "dpo" else opts.loss_type)
+    if isinstance(opts, KTOOptions):
+        good = sum(r["label"] for r in train_rows)
+        bad = len(train_rows) - good
+        dw, uw = opts.desirable_weight, opts.undesirable_weight
+        if dw is None and uw is None and good and bad:  # balance: dw*good / (uw*bad) = 1
+            dw, uw = (1.0, good / bad) if good >= bad else (bad / good, 1.0)
+        kwargs.update(beta=opts.beta, desirable_weight=dw or 1.0, undesirable_weight=uw or 1.0)
+    kwargs.update(opts.extra)
+    return config_cls(**kwargs)
+
+
+def train_stage(method: str, config: RetrainConfig, **kw) -> dict[str, Any]:
+    """Train one LoRA on base+`merge` adapters; return the stage result (written to out/result.json)."""
+    from core.settings import get_settings
+
+    threads = config.torch_threads or get_settings().torch_threads
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _train_stage(method, config, **kw)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, merge: list[str | Path],
+                train: list[dict], eval_rows: list[dict], out: Path, sink: Sink | None = None,
+                hw: hardware.Hardware | None = None, overrides: dict[str, Any] | None = None,
+                tag: str | None = None) -> dict[str, Any]:
+    result_file = out / "result.json"
+    if result_file.exists() and adapters.is_adapter(out / "final"):
+        return json.loads(result_file.read_text()) | {"reused": True}
+    from transformers import AutoTokenizer
+    from transformers.integrations import TensorBoardCallback
+    from torch.utils.tensorboard import SummaryWriter
+
+    started = time.monotonic()
+    hw = hw or hardware.detect()
+    tag = tag or method
+    opts = getattr(config, method)
+    if overrides:
+        from dataclasses import replace
+
+        opts = replace(opts, **overrides)
+    assert_no_leakage(train, eval_rows)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = adapters.load_merged(base_path, merge, dtype=model_dtype(hw, config.bf16))
+    if hw.device == "cuda":
+        model = model.to("cuda")
+    train_ds, eval_ds = to_trl_rows(method, train), to_trl_rows(method, eval_rows)
+    seq_len = longest_tokens(tokenizer, train_ds, method, opts.max_length)
+    batch = hardware.plan_batch(
+        model, hw, seq_len=seq_len, effective=opts.effective_batch_size, fixed=opts.per_device_train_batch_size,
+        cpu_cap=config.cpu_max_batch_size, rows_per_example=2 if method in ("dpo", "kto") else 1,
+        gradient_checkpointing=config.gradient_checkpointing)
+    args = trl_args(method, opts, config, hw, batch, out, bool(eval_ds), train_ds)
+
+    from datasets import Dataset
+
+    _, trainer_cls = trl_classes(method)
+    recorder = Recorder(out, sink, tag, opts.early_stopping_patience if eval_ds else 0, config.max_wall_s)
+    tb = TensorBoardCallback(tb_writer=SummaryWriter(str(out.parent.parent / "tb" / tag)))
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_ds),
+                          eval_dataset=Dataset.from_list(eval_ds) if eval_ds else None,
+                          processing_class=tokenizer, peft_config=lora_config(opts), callbacks=[recorder, tb])
+    checkpoint = last_checkpoint(out / "checkpoints")
+    baseline_file = out / "baseline.json"
+    if eval_ds and not baseline_file.exists():
+        recorder.paused = True
+        baseline_file.write_text(json.dumps({"eval_loss": trainer.evaluate()["eval_loss"]}))
+        recorder.paused = False
+    baseline = json.loads(baseline_file.read_text())["eval_loss"] if baseline_file.exists() else None
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    step = trainer.state.global_step
+    if eval_ds and recorder.last_eval_step != step:  # e.g. stopped by max_steps between epochs
+        trainer.evaluate()
+    if not adapters.is_adapter(out / "best"):  # no eval split (or no improvement): keep the last step
+        save_adapter(trainer.model, out / "best")
+    best = recorder.best if math.isfinite(recorder.best) else None
+    underfit = None
+    if baseline is not None and best is not None:
+        gain = (baseline - best) / max(abs(baseline), 1e-8)
+        underfit = {"eval_loss_start": baseline, "eval_loss_best": best, "relative_gain": gain,
+                    "underfitting": gain < config.underfit_threshold,
+                    "note": (f"eval loss moved only {gain:.1%} (< {config.underfit_threshold:.0%}): underfitting; "
+                             "try a higher learning rate or more epochs") if gain < config.underfit_threshold
+                    else f"eval loss improved {gain:.1%}"}
+    tokens = getattr(trainer.state, "num_input_tokens_seen", 0) or None
+    result = {
+        "method": method, "tag": tag, "options": asdict(opts), "batch": batch, "hardware": hw.as_dict(),
+        "steps": step, "train_loss": output.training_loss, "train_runtime_s": output.metrics.get("train_runtime"),
+        "resumed_from": checkpoint.name if checkpoint else None, "best_eval_loss": best,
+        "evals": recorder.evals, "stopped_early": recorder.stopped_early, "underfit": underfit,
+        "tokens": tokens, "seconds": round(time.monotonic() - started, 2),
+        "packing": bool(getattr(args, "packing", False)), "precision": "bf16" if args.bf16 else
+        ("fp16" if args.fp16 else "fp32"),
+    }
+    if trainer.is_world_process_zero():
+        final_tmp = out / "final.partial"
+        shutil.rmtree(final_tmp, ignore_errors=True)
+        shutil.copytree(out / "best", final_tmp)
+        result_file.write_text(json.dumps(result, indent=2, default=str))
+        final_tmp.replace(out / "final")
+    del trainer, model
+    return result
+
+
+def run_stage(method: str, config: RetrainConfig, *, base_path, merge, train, eval_rows, out: Path,
+              sink: Sink | None = None, sweep: dict | None = None, hw=None) -> dict[str, Any]:
+    """A stage, or a small sweep (learning rate x epochs) whose lowest-eval-loss trial becomes the stage."""
+    if not sweep:
+        return train_stage(method, config, base_path=base_path, merge=merge, train=train, eval_rows=eval_rows,
+                           out=out, sink=sink, hw=hw)
+    if (out / "result.json").exists() and adapters.is_adapter(out / "final"):
+        return json.loads((out / "result.json").read_text()) | {"reused": True}
+    trials = []
+    for i, (lr, epochs) in enumerate((lr, ep) for lr in sweep["learning_rates"] for ep in sweep["epochs"]):
+        result = train_stage(method, config, base_path=base_path, merge=merge, train=train, eval_rows=eval_rows,
+                             out=out / f"trial-{i}", sink=sink, hw=hw, tag=f"{method}-trial{i}",
+                             overrides={"learning_rate": lr, "num_train_epochs": epochs})
+        trials.append({"trial": i, "learning_rate": lr, "num_train_epochs": epochs,
+                       "best_eval_loss": result["best_eval_loss"], "train_loss": result["train_loss"]})
+    score = lambda t: t["best_eval_loss"] if t["best_eval_loss"] is not None else t["train_loss"]  # noqa: E731
+    winner = min(trials, key=score)
+    best = json.loads((out / f"trial-{winner['trial']}" / "result.json").read_text())
+    best |= {"sweep": trials, "chosen_trial": winner["trial"]}
+    shutil.rmtree(out / "final.partial", ignore_errors=True)
+    shutil.copytree(out / f"trial-{winner['trial']}" / "final", out / "final.partial")
+    (out / "result.json").write_text(json.dumps(best, indent=2, default=str))
+    (out / "final.partial").replace(out / "final")
+    return best

@@ -1,0 +1,133 @@
+"""Runs end to end: the API starts a run in its own process; a killed run resumes; a crash leaves the
+champion serving; the lock keeps runs one at a time."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from core.db import session_scope
+from retrain.training import service as runs
+from retrain.training import tasks
+from retrain.training.models import RetrainRun, RunStatus
+from service import service as serving
+from service.models import ModelVersion, VersionStatus
+from tests.retrain.training.helpers import fast_config, write_snapshot
+
+
+def wait_for(run_id: int, timeout: float = 240) -> RetrainRun:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with session_scope() as session:
+            run = session.get(RetrainRun, run_id)
+            if run.status not in (RunStatus.queued, RunStatus.running):
+                return run
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} did not finish: {Path(run.log_path or '/dev/null').read_text()[-3000:]}")
+
+
+def test_api_run_trains_in_its_own_process_and_registers_a_candidate(api, settings, tmp_path):
+    snapshot = write_snapshot(tmp_path / "snap", kinds=("sft",))
+    response = api.post("/api/retrain/runs", json={"config": fast_config(snapshot)})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued"
+    run = wait_for(body["id"])
+    assert run.status == RunStatus.succeeded, run.error
+    assert run.pid != os.getpid()  # trained in another process; serving never blocked
+
+    got = api.get(f"/api/retrain/runs/{run.id}").json()
+    assert got["plan"]["stages"][0]["method"] == "sft" and got["plan"]["stages"][0]["reason"]
+    assert any("loss" in e and "eval_loss" not in e for e in got["metrics"]["steps"])
+    assert got["candidate_version"] and got["snapshot_hash"] and got["timings"]["train_s"] > 0
+    assert "evaluation disabled" in got["gate"]["note"]
+    assert api.get("/api/retrain/runs").json()["count"] == 1
+    assert any((Path(run.artifacts_path) / "tb").rglob("events.out.tfevents.*"))
+    with session_scope() as session:
+        version = session.get(ModelVersion, got["candidate_version"])
+        assert version.status == VersionStatus.candidate and version.parent == "base" and version.run_id == run.id
+        from retrain.training.adapters import checksum
+
+        assert version.checksum == checksum(version.adapter_path)
+        assert serving.champion(session).version == "base"  # only the evaluators promote
+    from service.backends.local import load_model
+
+    load_model(version.base_path, version.adapter_path, device="cpu")
+
+    assert api.post("/api/retrain/runs", json={"config": {"sft": {"lr": 1}}}).status_code == 422
+    assert api.get("/api/retrain/runs/9999").status_code == 404
+
+
+def test_manual_run_respects_the_lock(api, settings):
+    lock = runs.RetrainLock(settings)
+    assert lock.acquire()
+    try:
+        assert runs.RetrainLock(settings).acquire() is False
+        response = api.post("/api/retrain/runs", json={})
+        assert response.status_code == 409 and "already running" in response.json()["detail"]
+    finally:
+        lock.release()
+    assert runs.RetrainLock(settings).held_elsewhere() is False
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(settings, tmp_path):
+    snapshot = write_snapshot(tmp_path / "snap", train=16, eval_=0, kinds=("sft",))  # no eval: no early stop
+    with session_scope() as session:
+        run = runs.create_run(session, trigger="manual", config=fast_config(snapshot, steps=30, save_steps=5))
+    log = tmp_path / "first.log"
+    proc = subprocess.Popen([sys.executable, "-m", "hitl", "retrain", "execute", str(run.id)],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    checkpoints = runs.run_dir(settings, run.id) / "stages" / "0-sft" / "checkpoints"
+    deadline = time.monotonic() + 180
+    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with session_scope() as session:
+        assert session.get(RetrainRun, run.id).status == RunStatus.running  # died mid-way
+
+    assert tasks.resume_interrupted(wait=True) == [run.id]
+    run = wait_for(run.id)
+    assert run.status == RunStatus.succeeded, run.error
+    stage = run.metrics["stages"]["0-sft"]
+    assert stage["resumed_from"].startswith("checkpoint-") and stage["steps"] == 30
+    assert len(run.timings["attempts"]) == 2 and run.timings["attempts"][1]["resumed"] is True
+
+
+def test_a_crashing_trainer_fails_the_run_and_the_champion_keeps_serving(settings, tmp_path, monkeypatch):
+    from hitl import pipeline
+    from retrain.training import trainers
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("trainer exploded")
+
+    monkeypatch.setattr(trainers, "run_stage", boom)
+    snapshot = write_snapshot(tmp_path / "snap", kinds=("sft",))
+    with session_scope() as session:
+        champion = serving.ensure_champion(session, settings).version
+        run = runs.create_run(session, trigger="manual", config=fast_config(snapshot))
+    assert pipeline.run_pipeline(run.id) == RunStatus.failed
+    with session_scope() as session:
+        failed = session.get(RetrainRun, run.id)
+        assert failed.status == RunStatus.failed and "trainer exploded" in failed.error and failed.finished_at
+        assert serving.champion(session).version == champion
+        assert session.exec(select(ModelVersion).where(ModelVersion.status == VersionStatus.candidate)).first() is None
+    assert runs.RetrainLock(settings).held_elsewhere() is False  # lock released after the failure
+
+
+def test_nothing_to_train_is_skipped_with_the_reason(settings, tmp_path):
+    from hitl import pipeline
+
+    snapshot = write_snapshot(tmp_path / "snap", train=0, eval_=0)
+    with session_scope() as session:
+        run = runs.create_run(session, trigger="manual", config=fast_config(snapshot))
+    assert pipeline.run_pipeline(run.id) == RunStatus.skipped
+    with session_scope() as session:
+        assert "nothing to train" in session.get(RetrainRun, run.id).reason

@@ -1,0 +1,131 @@
+"""Trainers on the tiny model (CPU): each method moves the LoRA weights; guards and chaining are exact."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from retrain.training import adapters, hardware
+from retrain.training.config import ConfigError, describe, load_config
+from retrain.training.plan import make_plan
+from retrain.training.trainers import LeakageError, assert_no_leakage, last_checkpoint, train_stage
+from tests.retrain.training.helpers import ROWS, fast_config
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo", "kto"])
+def test_a_stage_changes_the_lora_weights(method, tiny_model_dir, tmp_path):
+    config = load_config(data=fast_config(steps=2))
+    train = [ROWS[method](i) for i in range(8)]
+    result = train_stage(method, config, base_path=tiny_model_dir, merge=[], train=train, eval_rows=[],
+                         out=tmp_path / method)
+    weights = load_file(tmp_path / method / "final" / "adapter_model.safetensors")
+    b = [w for k, w in weights.items() if "lora_B" in k]
+    assert b and any(w.abs().sum() > 0 for w in b), "LoRA B starts at zero; training must move it"
+    assert result["steps"] == 2 and result["precision"] == "fp32"  # CPU: never bf16
+    assert last_checkpoint(tmp_path / method / "checkpoints") is not None
+    # a finished stage is not trained again
+    again = train_stage(method, config, base_path=tiny_model_dir, merge=[], train=train, eval_rows=[],
+                        out=tmp_path / method)
+    assert again["reused"] is True
+
+
+def test_sft_loss_covers_only_the_reply(tiny_model_dir):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from retrain.training.trainers import to_trl_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = to_trl_rows("sft", [ROWS["sft"](0)])
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), processing_class=tok,
+                         args=SFTConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to=[],
+                                        completion_only_loss=True, gradient_checkpointing=False),
+                         train_dataset=Dataset.from_list(rows))
+    batch = next(iter(trainer.get_train_dataloader()))
+    labels = batch["labels"][0]
+    trained = tok.decode(labels[labels != -100])
+    assert "Paris" in trained and "capital of France?" not in trained
+
+
+def test_stacked_adapter_equals_merging_one_after_another(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    paths = []
+    for i, (r, alpha) in enumerate([(4, 8), (2, 16)]):
+        torch.manual_seed(i)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                               LoraConfig(r=r, lora_alpha=alpha, target_modules=["q_proj", "v_proj"] if i else
+                                          "all-linear"))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+        model.save_pretrained(tmp_path / f"a{i}")
+        paths.append(tmp_path / f"a{i}")
+    stacked = adapters.concat_adapters(paths, tmp_path / "stacked")
+    assert json.loads((stacked / "adapter_config.json").read_text())["r"] == 6
+    ids = torch.tensor([[1, 5, 9, 20, 40]])
+    sequential = adapters.load_merged(tiny_model_dir, paths)(ids).logits
+    from service.backends.local import load_model
+
+    served, _ = load_model(tiny_model_dir, stacked, device="cpu")
+    torch.testing.assert_close(served(ids).logits, sequential, atol=1e-5, rtol=1e-4)
+    assert adapters.checksum(stacked) == adapters.checksum(stacked) and len(adapters.checksum(stacked)) == 64
+
+
+def test_leakage_guard():
+    train = [ROWS["sft"](1), ROWS["sft"](2)]
+    assert_no_leakage(train, [ROWS["sft"](3)])
+    with pytest.raises(LeakageError, match="conversation"):
+        assert_no_leakage(train, [ROWS["sft"](2)])
+    with pytest.raises(LeakageError, match="only 'train'"):
+        assert_no_leakage(train, [], train_split="eval")
+
+
+def test_config_yaml_cli_overrides_and_help(tmp_path):
+    path = tmp_path / "retrain.yaml"
+    path.write_text("sft:\n  learning_rate: 0.001\n  num_train_epochs: 5\nmethods: [sft]\n")
+    config = load_config(path, ["sft.learning_rate=3e-4", "dpo.beta=0.2"])
+    assert (config.sft.learning_rate, config.sft.num_train_epochs, config.dpo.beta) == (3e-4, 5.0, 0.2)
+    assert config.methods == ["sft"]
+    with pytest.raises(ConfigError, match="unknown config field 'sft.learning_rat'"):
+        load_config(overrides=["sft.learning_rat=1"])
+    with pytest.raises(ConfigError, match="unknown method"):
+        load_config(data={"methods": ["ppo"]})
+    assert all(help_ for _name, _default, help_ in describe())
+
+
+def test_plan_records_what_and_why():
+    config = load_config()
+    plan = make_plan({"sft": {"train": 40, "eval": 5}, "dpo": {"train": 30}, "kto": {"train": 100}}, config,
+                     {"desirable": 50, "undesirable": 50})
+    assert [s["method"] for s in plan["stages"]] == ["sft", "dpo"]
+    assert "DPO planned" in next(s["reason"] for s in plan["skipped"] if s["method"] == "kto")
+    plan = make_plan({"sft": {"train": 2}, "dpo": {"train": 1}, "kto": {"train": 40, "eval": 4}}, config,
+                     {"desirable": 30, "undesirable": 10})
+    assert [s["method"] for s in plan["stages"]] == ["kto"]
+    assert make_plan({}, config)["stages"] == []
+
+
+def test_hardware_choices_on_cpu_and_batch_probe():
+    cpu = hardware.Hardware("cpu", 1, "cpu", False, None, 2)
+    assert hardware.precision(cpu) == {"bf16": False, "fp16": False, "use_cpu": True}
+    assert hardware.use_packing(cpu) is False
+    assert hardware.find_batch_size(lambda b: None, 64, cpu, cpu_cap=8) == 8
+    gpu = hardware.Hardware("cuda", 1, "fake", True, 80.0, 16)
+    assert hardware.precision(gpu)["bf16"] is True and hardware.use_packing(gpu) is True
+
+    def step(batch_size):  # pretend only 12 rows fit
+        if batch_size > 12:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    import retrain.training.hardware as hw_mod
+
+    original = torch.cuda.empty_cache
+    try:
+        hw_mod.torch.cuda.empty_cache = lambda: None
+        assert 10 <= hardware.find_batch_size(step, 64, gpu) <= 12  # accelerate shrinks x0.9 per OOM
+    finally:
+        hw_mod.torch.cuda.empty_cache = original
