@@ -97,45 +97,32 @@ def normalize(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-_PUNCT = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"})
+_PUNCT_RE2 = r"[!-/:-@\[-`{-~]"  # ASCII punctuation, as a RE2 class for pyarrow
 
 
-class WordHashes:
-    """crc32 of each word of a text (lower-cased, split on whitespace and ASCII punctuation),
-    cached per text: examples of every kind share their messages."""
+def shingle_hashes(texts: Sequence[str], n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit hashes of the word n-grams of every text, flat, plus each text's start offset.
 
-    def __init__(self):
-        self.texts: dict[str, np.ndarray] = {}
-        self.words: dict[str, int] = {}
-
-    def __call__(self, text: str) -> np.ndarray:
-        got = self.texts.get(text)
-        if got is None:
-            words = self.words
-            hashes = [words.get(w) or words.setdefault(w, zlib.crc32(w.encode()))
-                      for w in text.lower().translate(_PUNCT).split()]
-            got = self.texts[text] = np.array(hashes, dtype=np.uint64)
-        return got
-
-
-def shingle_hashes(docs: Sequence[str | Sequence[str]], n: int = 3,
-                   words: WordHashes | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """32-bit hashes of the word n-grams of every document, flat, plus each document's start offset.
-
-    A document is a text or a sequence of texts read one after the other. Documents shorter than
-    `n` words are padded with an empty word, so each has at least one shingle.
+    Words: lower-cased, split on whitespace and ASCII punctuation (vectorized with pyarrow); each
+    word hashed with crc32. Every text ends with `n` empty-word pads, so even an empty text has
+    shingles and no n-gram spans two texts.
     """
-    words = words or WordHashes()
-    pad = np.zeros(n, dtype=np.uint64)
-    arrays = []
-    for doc in docs:
-        parts = [words(doc)] if isinstance(doc, str) else [words(p) for p in doc]
-        arr = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if len(arr) < n:
-            arr = np.concatenate([arr, pad[: n - len(arr)]])
-        arrays.append(arr)
-    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
-    w = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint64)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pc.replace_substring_regex(pc.utf8_lower(pa.array(list(texts), type=pa.large_string())),
+                                     pattern=_PUNCT_RE2, replacement=" ")
+    lists = pc.utf8_split_whitespace(arr)
+    counts = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(lists)
+    if len(flat):
+        encoded = pc.dictionary_encode(flat)
+        vocab = np.array([zlib.crc32(word.encode()) for word in encoded.dictionary.to_pylist()], dtype=np.uint64)
+        words = vocab[encoded.indices.to_numpy(zero_copy_only=False)]
+    else:
+        words = np.zeros(0, dtype=np.uint64)
+    w = np.insert(words, np.repeat(np.cumsum(counts), n), 0)  # n pads after every text
+    lengths = counts + n
     m = len(w) - n + 1
     h = np.zeros(m, dtype=np.uint64)
     for k in range(n):  # polynomial combination of the word hashes, mod 2^32
@@ -172,16 +159,15 @@ def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 
     return np.ascontiguousarray(out.T)
 
 
-def near_duplicate_groups(texts: Sequence[str | Sequence[str]], threshold: float = 0.85, num_perm: int = 64,
-                          words: WordHashes | None = None) -> list[int]:
-    """For each document, the index of the first document of its near-duplicate group (itself if none)."""
+def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.85, num_perm: int = 64) -> list[int]:
+    """For each text, the index of the first text of its near-duplicate group (itself if none)."""
     from datasketch.lsh import _optimal_param
 
     n = len(texts)
     parent = list(range(n))
     if n < 2:
         return parent
-    sigs = minhash_signatures(*shingle_hashes(texts, words=words), num_perm=num_perm)
+    sigs = minhash_signatures(*shingle_hashes(texts), num_perm=num_perm)
     bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
 
     def find(i: int) -> int:
@@ -261,7 +247,8 @@ class TokenCounter:
         """A count no smaller than `count([text])[0]` (chat overhead bounded by 16 tokens)."""
         if not self.exact:
             return len(text) // 4 + 1 + 4
-        return len(text.encode()) + 1 + (self._per_message if self._per_message is not None else 16)
+        size = len(text) if text.isascii() else len(text.encode())
+        return size + 1 + (self._per_message if self._per_message is not None else 16)
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Token count of each text, plus the chat-template overhead of one message."""

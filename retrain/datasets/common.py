@@ -16,7 +16,19 @@ class Example:
     split: str
     row: dict  # TRL conversational row with its `lineage`
     family: str  # the item it came from (paraphrase variants share their source's family)
+    prompt: list[dict] | None = None  # the prompt turns (shared with other examples of the same context)
+    completion: list[dict] | None = None  # the completion turn(s) (DPO: chosen + rejected)
     line: tuple | None = None  # (sha256, canonical JSON, row), filled when written
+
+    def __post_init__(self):
+        if self.prompt is None:
+            row = self.row
+            if "messages" in row:
+                self.prompt, self.completion = row["messages"][:-1], row["messages"][-1:]
+            elif "chosen" in row:
+                self.prompt, self.completion = row["prompt"], row["chosen"] + row["rejected"]
+            else:
+                self.prompt, self.completion = row["prompt"], row["completion"]
 
 
 @dataclass
@@ -62,6 +74,21 @@ class Prep:
     _text: dict[str, str] = field(default_factory=dict)
     _ctx: dict[str, Context | str] = field(default_factory=dict)
     _split: dict[str, str] = field(default_factory=dict)
+    _prompt_keys: dict[int, tuple] = field(default_factory=dict)
+    _norm: dict[str, str] = field(default_factory=dict)
+
+    def norm(self, text: str) -> str:
+        got = self._norm.get(text)
+        if got is None:
+            got = self._norm[text] = normalize(text)
+        return got
+
+    def prompt_key(self, prompt: list[dict]) -> tuple:
+        """Normalized (role, content) pairs of a prompt, cached per prompt object."""
+        got = self._prompt_keys.get(id(prompt))
+        if got is None or got[0] is not prompt:
+            got = self._prompt_keys[id(prompt)] = (prompt, tuple((m["role"], self.norm(m["content"])) for m in prompt))
+        return got[1]
 
     def weight(self, reviewer_id: int | None) -> float:
         return self.reliability.get(reviewer_id, 1.0) if reviewer_id is not None else 1.0
@@ -137,14 +164,11 @@ class Prep:
 
 def lineage(ctx: Context, feedback_ids: Iterable[str], reviewer_ids: Iterable[int | None],
             source: str = "feedback", **extra) -> dict:
-    return {"feedback_ids": sorted(set(feedback_ids), key=_id_order),
-            "reviewer_ids": sorted({r for r in reviewer_ids if r is not None}),
+    feedback_ids = list(feedback_ids)
+    reviewers = [r for r in reviewer_ids if r is not None]
+    return {"feedback_ids": feedback_ids if len(feedback_ids) == 1 else sorted(set(feedback_ids)),
+            "reviewer_ids": reviewers if len(reviewers) == 1 else sorted(set(reviewers)),
             "conversation_id": ctx.conversation_id, "message_id": ctx.target_id, "source": source, **extra}
-
-
-def _id_order(fid: str) -> tuple[str, int]:
-    table, _, num = fid.partition(":")
-    return table, int(num) if num.isdigit() else 0
 
 
 @dataclass

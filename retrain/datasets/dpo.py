@@ -1,7 +1,6 @@
 """DPO pairs: correction (chosen) vs original (rejected); pairwise comparisons of candidates; and
 two rated replies to the same context whose consensus mean scores differ by at least a margin."""
 
-import json
 from collections import defaultdict
 
 from retrain.datasets.cleaning import normalize
@@ -86,8 +85,7 @@ def _from_rating_gaps(prep: Prep, assessments: dict[str, Assessment]) -> list[Ex
         ctx = prep.peek(mid)
         if score is None or ctx is None:
             continue
-        key = json.dumps([(m["role"], normalize(m["content"])) for m in ctx.prompt])
-        groups[(ctx.split, key)].append((-score, mid, ctx, a))
+        groups[(ctx.split, prep.prompt_key(ctx.prompt))].append((-score, mid, ctx, a))
     out = []
     for _key, members in sorted(groups.items()):
         if len(members) < 2:

@@ -26,7 +26,7 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> 
         row = {"prompt": ctx.prompt, "completion": [{"role": "assistant", "content": ctx.target}],
                "label": verdict == "good",
                "lineage": lineage(ctx, a.reviewer_ids + a.user_ids, a.reviewers, via="verdict")}
-        out.append(Example("kto", ctx.split, row, mid))
+        out.append(Example("kto", ctx.split, row, mid, ctx.prompt, row["completion"]))
     for mid, resolved in corrections.items():
         if resolved is None:
             continue  # counted once, above (the correction's bad vote makes the reply's verdict)
@@ -36,7 +36,7 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> 
         content, ids, reviewers = resolved
         row = {"prompt": ctx.prompt, "completion": [{"role": "assistant", "content": prep.text(content)}],
                "label": True, "lineage": lineage(ctx, ids, reviewers, via="correction")}
-        out.append(Example("kto", ctx.split, row, f"{mid}:correction"))
+        out.append(Example("kto", ctx.split, row, f"{mid}:correction", ctx.prompt, row["completion"]))
     return out
 
 

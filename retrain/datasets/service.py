@@ -21,7 +21,7 @@ from sqlmodel import Session, select
 from core.models import utcnow
 from core.settings import Settings
 from retrain.datasets import dpo, kto, sft
-from retrain.datasets.cleaning import TokenCounter, WordHashes, near_duplicate_groups, normalize
+from retrain.datasets.cleaning import TokenCounter, near_duplicate_groups
 from retrain.datasets.common import Example, Prep, assess, resolve_corrections
 from retrain.datasets.models import DatasetSnapshot
 from retrain.datasets.replay import replay_rows
@@ -103,10 +103,8 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
         replay_n = len(rows)
 
     step("removing duplicates")
-    norm: dict[str, str] = {}
-    words = WordHashes()
     for k in KINDS:
-        examples[k] = _deduplicate(prep, k, examples[k], options.near_duplicate_threshold, norm, words)
+        examples[k] = _deduplicate(prep, k, examples[k], options.near_duplicate_threshold)
     lap("dedup")
 
     kto_balance = kto.balance(examples["kto"])
@@ -224,21 +222,12 @@ def _line(e: Example) -> tuple[bytes, str, dict]:
     return e.line
 
 
-def _parts(row: dict) -> tuple[list[dict], list[dict]]:
-    """(prompt turns, completion turns) of a row of any kind."""
-    if "messages" in row:
-        return row["messages"][:-1], row["messages"][-1:]
-    if "chosen" in row:
-        return row["prompt"], row["chosen"] + row["rejected"]
-    return row["prompt"], row["completion"]
-
-
-def _tokens(row: dict, count: Callable[[str], int]) -> int:
-    prompt, completion = _parts(row)
-    n = sum(count(m["content"]) for m in prompt)
-    if "chosen" in row:
-        return n + max(count(m["content"]) for m in completion)
-    return n + sum(count(m["content"]) for m in completion)
+def _tokens(e: Example, count: Callable[[str], int]) -> int:
+    """Prompt + completion tokens (DPO: the longer of chosen and rejected)."""
+    n = sum(count(m["content"]) for m in e.prompt)
+    if "chosen" in e.row:
+        return n + max(count(m["content"]) for m in e.completion)
+    return n + sum(count(m["content"]) for m in e.completion)
 
 
 def _length_filter(prep: Prep, counter: TokenCounter, cache: dict[str, int], kind: str,
@@ -247,46 +236,38 @@ def _length_filter(prep: Prep, counter: TokenCounter, cache: dict[str, int], kin
     limit = prep.options.max_tokens
     kept, doubtful = [], []
     for e in examples:
-        if not all(m["content"].strip() for m in _parts(e.row)[1]):
+        if not all(m["content"].strip() for m in e.completion):
             prep.drop(kind, "empty")
-        elif _tokens(e.row, counter.upper_bound) <= limit:
+        elif _tokens(e, counter.upper_bound) <= limit:
             kept.append(e)
         else:
             doubtful.append(e)
-    need = list({m["content"] for e in doubtful for part in _parts(e.row) for m in part} - cache.keys())
+    need = list({m["content"] for e in doubtful for part in (e.prompt, e.completion) for m in part} - cache.keys())
     cache.update(zip(need, counter.count(need), strict=True))
     for e in doubtful:
-        if _tokens(e.row, cache.__getitem__) > limit:
+        if _tokens(e, cache.__getitem__) > limit:
             prep.drop(kind, "too_long")
         else:
             kept.append(e)
     return kept
 
 
-def _keys(row: dict, norm: dict[str, str]) -> tuple[tuple, tuple[str, ...]]:
-    """(exact-duplicate key over the whole normalized content, texts compared for near duplicates:
+def _keys(prep: Prep, e: Example) -> tuple[tuple, str]:
+    """(exact-duplicate key over the whole normalized content, text compared for near duplicates:
     the last user turn and the completion(s), with the KTO label)."""
-    prompt, completion = _parts(row)
-    exact = []
-    for m in prompt + completion:
-        text = m["content"]
-        key = norm.get(text)
-        if key is None:
-            key = norm[text] = normalize(text)
-        exact.append((m["role"], key))
-    exact.append(row.get("label"))
-    last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
-    label = {True: "desirable", False: "undesirable"}.get(row.get("label"), "")
-    return tuple(exact), (label, last_user, *(m["content"] for m in completion))
+    label = e.row.get("label")
+    exact = (prep.prompt_key(e.prompt), tuple((m["role"], prep.norm(m["content"])) for m in e.completion), label)
+    last_user = next((m["content"] for m in reversed(e.prompt) if m["role"] == "user"), "")
+    tag = {True: "desirable", False: "undesirable"}.get(label, "")
+    return exact, "\n".join((tag, last_user, *(m["content"] for m in e.completion)))
 
 
-def _deduplicate(prep: Prep, kind: str, examples: list[Example], threshold: float,
-                 norm: dict[str, str], words: WordHashes) -> list[Example]:
+def _deduplicate(prep: Prep, kind: str, examples: list[Example], threshold: float) -> list[Example]:
     """Exact then near duplicates. Eval examples come first, so a train copy of an eval example is
     the one removed (never the eval one). Paraphrase variants are only checked against eval."""
     keyed = []
     for e in examples:
-        exact, near = _keys(e.row, norm)
+        exact, near = _keys(prep, e)
         order = (e.split != "eval", SOURCE_RANK[e.row["lineage"]["source"]], _line(e)[0])
         keyed.append((order, exact, near, e))
     keyed.sort(key=lambda x: x[0])
@@ -300,7 +281,7 @@ def _deduplicate(prep: Prep, kind: str, examples: list[Example], threshold: floa
         first_split[exact] = e.split
         survivors.append((near, e))
 
-    roots = near_duplicate_groups([near for near, _ in survivors], threshold, words=words)
+    roots = near_duplicate_groups([near for near, _ in survivors], threshold)
     has_eval = {r for r, (_, e) in zip(roots, survivors, strict=True) if e.split == "eval"}
     kept_in: set[tuple[int, str]] = set()
     out = []
@@ -325,7 +306,7 @@ def _index(files: dict[tuple[str, str], list[tuple]]) -> dict[str, list]:
 
 def _write(target: Path, files: dict[tuple[str, str], list[tuple]], manifest: dict[str, Any]) -> None:
     """Write into a temporary folder, then rename: a snapshot folder is complete or absent."""
-    import pyarrow as pa
+    import pyarrow.json as pj
     import pyarrow.parquet as pq
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -335,8 +316,8 @@ def _write(target: Path, files: dict[tuple[str, str], list[tuple]], manifest: di
         for (k, s), lines in files.items():
             with open(tmp / f"{k}.{s}.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(line + "\n" for _sha, line, _row in lines)
-            if lines:
-                pq.write_table(pa.Table.from_pylist([row for _sha, _line, row in lines]), tmp / f"{k}.{s}.parquet")
+            if lines:  # same rows, parsed by pyarrow's C++ JSON reader
+                pq.write_table(pj.read_json(tmp / f"{k}.{s}.jsonl"), tmp / f"{k}.{s}.parquet")
         (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, default=str))
         if target.exists():
             shutil.rmtree(target)

@@ -16,7 +16,7 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> 
         content, ids, reviewers = resolved
         row = {"messages": ctx.prompt + [{"role": "assistant", "content": prep.text(content)}],
                "lineage": lineage(ctx, ids, reviewers, via="correction")}
-        out.append(Example("sft", ctx.split, row, mid))
+        out.append(Example("sft", ctx.split, row, mid, ctx.prompt, row["messages"][-1:]))
     for mid, a in assessments.items():
         if mid in corrections or (not a.reviewer_votes and a.adjudicated is None):
             continue  # corrected replies train on their correction; end-user thumbs alone do not make SFT
@@ -32,5 +32,5 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> 
             continue
         row = {"messages": ctx.prompt + [{"role": "assistant", "content": ctx.target}],
                "lineage": lineage(ctx, a.reviewer_ids, a.reviewers, via="top_rated")}
-        out.append(Example("sft", ctx.split, row, mid))
+        out.append(Example("sft", ctx.split, row, mid, ctx.prompt, row["messages"][-1:]))
     return out

@@ -30,10 +30,14 @@ def reliability(monkeypatch):
 def seed(session, reliability) -> dict:
     r1, r2, r3 = f.reviewer(session), f.reviewer(session), f.reviewer(session)
     reliability.update({r1: 0.9, r2: 0.9, r3: 0.2})
-    ids = {"reviewers": (r1, r2, r3)}
+    # A and D (the undesirable KTO examples) belong to an end user whose stable split is train, so
+    # the KTO train split has both classes whatever the random conversation ids
+    train_user = next(u for u in (f"user{i}" for i in range(100)) if split_of(split_key("", u), 0.5) == "train")
+    ids = {"reviewers": (r1, r2, r3), "users": {}}
     # A: multi-turn, corrected, PII in the prompt → SFT, DPO, KTO(correction + original)
     ids["A"], m = f.conversation(session, "Hi", "Hello!", "What is the capital of Australia? Mail bob@example.com",
-                                 "Sydney.", system="Be brief.")
+                                 "Sydney.", system="Be brief.", end_user=train_user)
+    ids["users"][ids["A"]] = train_user
     f.correct(session, m[4], r1, "The capital of Australia is Canberra.")
     # B: two reviewers rate 5 → SFT, KTO desirable
     ids["B"], m = f.conversation(session, "Tell me about cats", "Cats are small domesticated carnivores.")
@@ -43,7 +47,8 @@ def seed(session, reliability) -> dict:
     ids["C"], m = f.conversation(session, "Say something nice", "You are doing great today.")
     f.thumbs(session, m[1], "up", source="reviewer", user_id=r2)
     # D: end-user thumbs down only → KTO undesirable
-    ids["D"], m = f.conversation(session, "Is the earth flat?", "Yes, it is flat.")
+    ids["D"], m = f.conversation(session, "Is the earth flat?", "Yes, it is flat.", end_user=train_user)
+    ids["users"][ids["D"]] = train_user
     f.thumbs(session, m[1], "down")
     # E: comparison, both reviewers prefer a → DPO; E2: a tie → dropped
     ids["E"], m = f.conversation(session, "Recommend a book", "No.")
@@ -79,6 +84,7 @@ def seed(session, reliability) -> dict:
     # L: same prompt, same end user (same split), rated 5 vs 1 → a rating-gap DPO pair
     for name, reply, score in (("L1", "2 + 2 = 4.", 5), ("L2", "2 + 2 = 5.", 1)):
         ids[name], m = f.conversation(session, "What is 2 + 2?", reply, end_user="carol")
+        ids["users"][ids[name]] = "carol"
         f.rate(session, m[1], r1, all=score)
     session.flush()
     return ids
@@ -144,8 +150,7 @@ def test_hand_checked_store(settings, session, reliability):
         for r in part:
             conv = r["lineage"]["conversation_id"]
             assert seen.setdefault(conv, split) == split
-            end_user = "carol" if conv in (ids["L1"], ids["L2"]) else None
-            assert split == split_of(split_key(conv, end_user), 0.5)
+            assert split == split_of(split_key(conv, ids["users"].get(conv)), 0.5)
 
     # the files: manifest on disk with per-example lineage, Parquet beside JSONL
     disk = json.loads((Path(snap.path) / "manifest.json").read_text())
