@@ -62,6 +62,8 @@ def test_candidate_trained_on_corrections_is_promoted_and_served(
     wait_for_version(api, "good-1")  # serving hot-swapped to the promoted version
     assert chat_version(live_server, service_key) == "good-1"
 
+    trail = api.get("/api/models/good-1/lineage").json()
+    assert trail["version"] == "good-1" and trail["snapshot"] is None  # registered without a snapshot on disk
     stored = api.get("/api/models/good-1/report").json()
     assert stored["decision"] == "promoted" and stored["candidate"] == "good-1"
     page = api.get("/api/models/good-1/report", params={"format": "html"})
@@ -141,7 +143,7 @@ def feedback_rows(settings):
 
 @sqlite_only
 def test_retrain_hook_decides_and_lineage_reaches_feedback_rows(
-        settings, api, tiny_model_dir, good_adapter, feedback_rows, policy, tmp_path, monkeypatch):
+        settings, tiny_model_dir, good_adapter, feedback_rows, policy, tmp_path, monkeypatch):
     from core.settings import get_settings
     from retrain.datasets.models import DatasetSnapshot
     from retrain.training.models import RetrainRun, RunStatus
@@ -186,4 +188,3 @@ def test_retrain_hook_decides_and_lineage_reaches_feedback_rows(
         from feedback.models import Correction
 
         assert len(s.exec(select(Correction)).all()) == len(feedback_rows)
-    assert api.get("/api/models/run-1/lineage").json()["complete"] is True

@@ -50,6 +50,7 @@ def test_promote_then_roll_back_step_by_step(versions):
     assert all(e.created_at is not None for e in events)
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 def test_rejected_version_needs_force_and_errors_are_clean(versions):
     s = versions
     registry.reject(s, "v1")
@@ -94,6 +95,7 @@ def test_challenger_is_cleared_when_promoted(versions):
     assert actions[:2] == [("challenger", "clear"), ("challenger", "set")]
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 def test_admin_api_promote_and_one_call_rollback(versions, api, live_server):
     versions.close()
     listed = api.get("/api/models").json()
@@ -118,6 +120,7 @@ def test_admin_api_promote_and_one_call_rollback(versions, api, live_server):
         assert reviewer.get("/api/models").status_code == 403
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 def test_cli_list_promote_rollback(versions):
     from hitl.cli import app
 

