@@ -338,6 +338,7 @@ def test_registry_promote_and_rollback_with_confirmation(page, live_server, api,
     versions = {v["version"]: v for v in api.get("/api/models").json()["data"]}
     assert "champion" in versions["v2"]["aliases"]
     assert "looks better" in page.locator("#history").inner_text()
+    page.locator("#serving-now").filter(has_text="serving: v2").wait_for(timeout=60_000)  # hot-swapped
     page.get_by_text("Gate report for v2").click()
     shot(page, "admin-models-promoted")
 

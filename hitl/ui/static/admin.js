@@ -3,6 +3,17 @@
 (() => {
   const $ = (id) => document.getElementById(id);
 
+  // -------------------------------------------------------------- registry: what serving runs right now
+  const serving = $("serving-now");
+  async function servingNow() {
+    try {
+      const res = await fetch("/readyz", {credentials: "same-origin"});
+      const body = await res.json();
+      serving.textContent = `serving: ${body.model_version}`;
+    } catch (_) { serving.textContent = "serving: unknown"; }
+  }
+  if (serving) { servingNow(); setInterval(servingNow, 3000); }
+
   // -------------------------------------------------------------- users
   const userForm = $("user-form");
   if (userForm) userForm.addEventListener("submit", async (ev) => {
