@@ -59,9 +59,10 @@ def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fr
 
 
 FULL = Profile(items=32, paraphrases=2, general=24, compare_budget=4, max_tokens=48,
-               retrain=_retrain_config(epochs=10, lr=1e-3, batch=8, replay=0.25, eval_fraction=0.15))
+               retrain=_retrain_config(epochs=6, lr=1.5e-3, batch=8, replay=0.25, eval_fraction=0.15),
+               gate_policy={"forgetting": {"max_examples": 100, "answers": 12}})
 QUICK = Profile(items=8, paraphrases=1, general=6, compare_budget=1, max_tokens=32,
-                retrain=_retrain_config(epochs=8, lr=2e-3, batch=8, replay=0.25, eval_fraction=0.15),
+                retrain=_retrain_config(epochs=8, lr=2e-3, batch=8, replay=0.25, eval_fraction=0.3),
                 gate_policy={"forgetting": {"max_examples": 48, "answers": 6, "max_new_tokens": 24},
                              "heldout": {"max_examples": 64}, "preference": {"max_examples": 64}})
 
@@ -246,7 +247,9 @@ def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: 
     answer_key = {i.question.strip(): i for i in items}
     results: dict[str, Any] = {"profile": asdict(profile), "data_dir": str(data_dir), "seed": seed,
                                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    extra_env = {"HITL_REVIEW_K": "2", **thread_env()}
+    # two reviews per item (agreement); short default replies (candidates for comparisons use it)
+    extra_env = {"HITL_REVIEW_K": "2", "HITL_MAX_TOKENS": str(2 * profile.max_tokens), **thread_env()}
+    results["server_env"] = dict(extra_env)
     if profile.gate_policy:
         policy = data_dir / "gate-policy.json"  # JSON is YAML
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -263,18 +266,16 @@ def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: 
             results["base_version"] = admin.get("/readyz").json().get("model_version")
 
         with stages.stage("end users ask", total=len(items)) as advance:
-            rng = random.Random(seed)
-            users = [EndUser(f"user-{n:02d}", random.Random(seed * 100 + n)) for n in range((len(items) + 1) // 2)]
-            asked = ask_all(front, [(i.question, users[k // 2].name) for k, i in enumerate(items)],
+            users = [EndUser(f"user-{n:02d}", random.Random(seed * 100 + n)) for n in range(len(items))]
+            asked = ask_all(front, [(i.question, users[k].name) for k, i in enumerate(items)],
                             profile.max_tokens, advance)
             thumbs = []
             for k, (item, answer) in enumerate(zip(items, asked)):
-                value = users[k // 2].thumbs(front, answer["message_id"], is_correct(answer["text"], item.keys))
+                value = users[k].thumbs(front, answer["message_id"], is_correct(answer["text"], item.keys))
                 thumbs.append(value)
             results["asked"] = [{"item": i.id, "question": i.question, "text": a["text"], "thumbs": t,
                                  "correct": is_correct(a["text"], i.keys), "message_id": a["message_id"]}
                                 for i, a, t in zip(items, asked, thumbs)]
-            del rng
 
         with stages.stage("reviews", total=None) as advance:
             reviewers = scenario.make_reviewers(keys, seed, compare_rate=0.3)
@@ -478,6 +479,7 @@ def main(quick: bool = False, base_model: str | None = None, data_dir: Path | No
     with progress:
         results = run_loop(profile, data_dir=data_dir, base_model=base_model, seed=seed,
                            port=port or _free_port(), progress=progress, stages=stages)
+        (data_dir / "demo-results.json").write_text(json.dumps(results, indent=1, default=str))
         with stages.stage("report"):
             from demo.report import write_report
 
