@@ -36,24 +36,28 @@ from feedback.service import Outcome, ThumbsWrite
 
 log = logging.getLogger("hitl.feedback")
 MAX_BATCH = 512
+PG_WRITERS = 4
 
 
 class GroupWriter:
-    """One daemon thread per database URL that commits queued writes in batches."""
+    """Writer threads for one database URL that commit queued writes in batches."""
 
     def __init__(self, url: str, settings: Settings):
         self.url, self.settings = url, settings
-        self.engine = _writer_engine(url)
         self.queue: queue.SimpleQueue[tuple[ThumbsWrite, Future]] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="feedback-writer", daemon=True)
-        self.thread.start()
+        # SQLite has one writer anyway; PostgreSQL overlaps a few batches' round trips and fsyncs
+        count = 1 if url.startswith("sqlite") else PG_WRITERS
+        self.threads = [threading.Thread(target=self._run, args=(_writer_engine(url),), name="feedback-writer",
+                                         daemon=True) for _ in range(count)]
+        for thread in self.threads:
+            thread.start()
 
     async def submit(self, write: ThumbsWrite) -> Outcome:
         future: Future = Future()
         self.queue.put((write, future))
         return await asyncio.wrap_future(future)
 
-    def _run(self) -> None:
+    def _run(self, engine) -> None:
         while True:
             batch = [self.queue.get()]
             while len(batch) < MAX_BATCH:
@@ -62,18 +66,18 @@ class GroupWriter:
                 except queue.Empty:
                     break
             try:
-                outcomes = self._commit([w for w, _ in batch])
+                outcomes = self._commit(engine, [w for w, _ in batch])
             except Exception:
                 log.warning("feedback batch of %d failed; retrying one by one", len(batch), exc_info=True)
-                outcomes = [self._commit_one(w) for w, _ in batch]
+                outcomes = [self._commit_one(engine, w) for w, _ in batch]
             for (_, future), outcome in zip(batch, outcomes):
                 if isinstance(outcome, BaseException):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
 
-    def _commit(self, writes: list[ThumbsWrite]) -> list[Outcome]:
-        with Session(self.engine, expire_on_commit=False) as session:
+    def _commit(self, engine, writes: list[ThumbsWrite]) -> list[Outcome]:
+        with Session(engine, expire_on_commit=False) as session:
             try:
                 outcomes = service.record_thumbs_batch(session, writes, self.settings)
                 session.commit()
@@ -82,9 +86,9 @@ class GroupWriter:
                 raise
         return outcomes
 
-    def _commit_one(self, write: ThumbsWrite) -> Outcome | BaseException:
+    def _commit_one(self, engine, write: ThumbsWrite) -> Outcome | BaseException:
         try:
-            return self._commit([write])[0]
+            return self._commit(engine, [write])[0]
         except IntegrityError:
             return Outcome(404, f"message '{write.message_id}' not found")
         except Exception as exc:  # surfaced to the request as a 500
@@ -95,7 +99,7 @@ def _writer_engine(url: str):
     """The writer's own single connection, so it never waits for the request pool (whose
     connections may all belong to requests waiting for this very writer)."""
     if not url.startswith("sqlite"):
-        return create_engine(url, poolclass=StaticPool, pool_pre_ping=True)
+        return create_engine(url, poolclass=StaticPool)  # a broken connection is invalidated and reopened
     engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")

@@ -1,6 +1,7 @@
 """Feedback logic: thumbs, the review queue with leases, reviewer feedback, privacy deletions and
 the audit trail. Functions take `session` first and only flush; the request or job commits."""
 
+import contextlib
 import difflib
 import json
 import math
@@ -100,8 +101,10 @@ def record_thumbs_batch(session: Session, writes: list[ThumbsWrite], settings: S
     This is the ingestion hot path, hence plain SQL instead of the ORM."""
     lock_for_write(session)
     sql = _RawSQL(session)
-    roles = dict(sql.fetch(f"SELECT id, role FROM message WHERE id IN ({sql.marks(len({w.message_id for w in writes}))})",
-                           sorted({w.message_id for w in writes})))
+    with sql.pipeline():  # PostgreSQL: both queries in one round trip
+        found = sql.lookup("SELECT id, role FROM message WHERE id", sorted({w.message_id for w in writes}))
+        spare_ids = sql.next_ids("thumbs", len(writes))  # gaps in ids are harmless
+    roles = dict(found.fetchall())
     outcomes: list[Outcome | None] = [None] * len(writes)
     owners: dict[tuple[int, str], int] = {}  # (user, key) -> index of the write that runs it
     fresh: list[int] = []
@@ -118,7 +121,7 @@ def record_thumbs_batch(session: Session, writes: list[ThumbsWrite], settings: S
     fresh = sorted(fresh + [owners[k] for k in records])
     now = utcnow()
     if fresh:
-        ids = sql.next_ids("thumbs", len(fresh))
+        ids = [row[0] for row in spare_ids.fetchall()][: len(fresh)]
         stamp = sql.timestamp(now)
         created = now.isoformat().replace("+00:00", "Z")
         thumbs_rows, events, answers = [], [], []
@@ -132,16 +135,16 @@ def record_thumbs_batch(session: Session, writes: list[ThumbsWrite], settings: S
                            json.dumps({**out, "user_id": w.user_id}), stamp))
             if (w.user_id, w.key) in records:
                 answers.append((201, json.dumps(out), records[(w.user_id, w.key)]))
-        sql.many("INSERT INTO thumbs (id, message_id, thumbs, comment, source, user_id, created_at) "
-                 f"VALUES ({sql.marks(7)})", thumbs_rows)
-        sql.many("INSERT INTO auditevent (actor_id, action, entity, entity_id, message_id, after, created_at) "
-                 f"VALUES ({sql.marks(7)})", events)
-        if answers:
-            sql.many(f"UPDATE idempotencyrecord SET status_code = {sql.mark}, response = {sql.mark} "
-                     f"WHERE id = {sql.mark}", answers)
         downs = {writes[i].message_id for i in fresh if writes[i].thumbs == ThumbsValue.down}
-        if downs:
-            enqueue_many(session, downs, THUMBS_DOWN_PRIORITY, "thumbs_down", settings)
+        with sql.pipeline():  # PostgreSQL: every write below in one round trip
+            sql.insert(Thumbs, ("id", "message_id", "thumbs", "comment", "source", "user_id", "created_at"),
+                       thumbs_rows)
+            sql.insert(AuditEvent, ("actor_id", "action", "entity", "entity_id", "message_id", "after", "created_at"),
+                       events)
+            if answers:
+                sql.store_answers(answers)
+            if downs:
+                enqueue_many(session, downs, THUMBS_DOWN_PRIORITY, "thumbs_down", settings, sql)
     for i, w in enumerate(writes):
         if outcomes[i] is None:  # a retry of a key first seen earlier in this batch
             first = owners[(w.user_id, w.key)]
@@ -158,8 +161,8 @@ def _reserve_keys(sql: "_RawSQL", writes: list[ThumbsWrite], owners: dict[tuple[
     if not owners:
         return {}
     now = sql.timestamp(utcnow())
-    params = [v for (user_id, key), i in owners.items() for v in (user_id, key, writes[i].fingerprint, now)]
-    values = ", ".join(f"({sql.marks(4)})" for _ in owners)
+    params = [v for (user_id, key), i in sorted(owners.items()) for v in (user_id, key, writes[i].fingerprint, now)]
+    values = ", ".join(f"({sql.marks(4)})" for _ in owners)  # sorted: one lock order across writers
     mine = {(u, k): rid for rid, u, k in sql.fetch(
         f"INSERT INTO idempotencyrecord (user_id, key, fingerprint, created_at) VALUES {values} "
         "ON CONFLICT (user_id, key) DO NOTHING RETURNING id, user_id, key", params)}
@@ -179,40 +182,69 @@ def _reserve_keys(sql: "_RawSQL", writes: list[ThumbsWrite], owners: dict[tuple[
 
 
 class _RawSQL:
-    """The session's DB-API connection with the dialect's parameter style (SQLite or PostgreSQL)."""
+    """The session's DB-API connection with the dialect's parameter style (SQLite or PostgreSQL).
+    Statements return their DB-API cursor; inside `pipeline()` PostgreSQL sends them without
+    waiting for each answer (read results after the block)."""
 
     def __init__(self, session: Session):
         connection = session.connection()
-        self.dialect = connection.dialect.name
+        self.dialect, self.sa_dialect = connection.dialect.name, connection.dialect
         self.raw = connection.connection.dbapi_connection
         self.mark = "%s" if self.dialect == "postgresql" else "?"
+
+    def pipeline(self):
+        return self.raw.pipeline() if self.dialect == "postgresql" else contextlib.nullcontext()
+
+    def run(self, statement: str, params=()):
+        return self.raw.execute(statement, list(params))
+
+    def fetch(self, statement: str, params=()) -> list[tuple]:
+        cursor = self.run(statement, params)
+        return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+
+    def lookup(self, statement: str, values: list, params: list = ()):
+        """`statement IN values` (PostgreSQL: `= ANY(array)`, one constant text); `params` go first."""
+        if self.dialect == "postgresql":
+            return self.run(f"{statement} = ANY(%s)", [*params, values])
+        return self.run(f"{statement} IN ({self.marks(len(values))})", [*params, *values])
 
     def marks(self, n: int) -> str:
         return ", ".join([self.mark] * n)
 
-    def fetch(self, statement: str, params) -> list[tuple]:
-        cursor = self.raw.cursor()
-        try:
-            cursor.execute(statement, list(params))
-            return [tuple(row) for row in cursor.fetchall()]
-        finally:
-            cursor.close()
-
-    def many(self, statement: str, rows: list[tuple]) -> None:
-        cursor = self.raw.cursor()
-        try:
-            cursor.executemany(statement, rows)
-        finally:
-            cursor.close()
-
-    def next_ids(self, table: str, n: int) -> list[int]:
-        """Primary keys for n new rows: the sequence on PostgreSQL; on SQLite max(id)+1… (safe: the
-        caller holds SQLite's single writer lock)."""
+    def insert(self, model, columns: tuple[str, ...], rows: list[tuple], suffix: str = "") -> None:
+        """INSERT many rows: executemany on SQLite (in-process); on PostgreSQL one statement over
+        `unnest` of one array per column (one round trip, and the same text every time, so the
+        server keeps it prepared)."""
+        if not rows:
+            return
+        table = model.__table__
+        target = f"{table.name} ({', '.join(columns)})"
         if self.dialect == "postgresql":
-            return [r[0] for r in self.fetch(
-                f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, %s)", [n])]
-        (top,), = self.fetch(f"SELECT coalesce(max(id), 0) FROM {table}", [])
-        return list(range(top + 1, top + 1 + n))
+            types = [table.c[c].type.compile(dialect=self.sa_dialect) for c in columns]
+            arrays = ", ".join(f"%s::{'text' if t == 'JSON' else t}[]" for t in types)
+            picks = ", ".join(f"{c}::json" if t == "JSON" else c for c, t in zip(columns, types))
+            self.run(f"INSERT INTO {target} SELECT {picks} FROM unnest({arrays}) AS u({', '.join(columns)}) {suffix}",
+                     [list(col) for col in zip(*rows)])
+            return
+        self.raw.executemany(f"INSERT INTO {target} VALUES ({self.marks(len(columns))}) {suffix}", rows)
+
+    def store_answers(self, answers: list[tuple[int, str, int]]) -> None:
+        """Fill in idempotency records: (status_code, response JSON text, record id) each."""
+        if self.dialect == "postgresql":
+            codes, bodies, ids = (list(col) for col in zip(*answers))
+            self.run("UPDATE idempotencyrecord AS r SET status_code = v.code, response = v.body::json "
+                     "FROM unnest(%s::int[], %s::text[], %s::int[]) AS v(code, body, id) WHERE r.id = v.id",
+                     [codes, bodies, ids])
+            return
+        self.raw.executemany("UPDATE idempotencyrecord SET status_code = ?, response = ? WHERE id = ?", answers)
+
+    def next_ids(self, table: str, n: int):
+        """A cursor over primary keys for n new rows: the sequence on PostgreSQL; on SQLite
+        max(id)+1… (safe: the caller holds SQLite's single writer lock)."""
+        if self.dialect == "postgresql":
+            return self.run(f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, %s)", [n])
+        return self.run(f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+                        f"SELECT (SELECT coalesce(max(id), 0) FROM {table}) + i FROM n", [n])
 
     def timestamp(self, when):
         """What SQLAlchemy stores for a UTC datetime: the value itself on PostgreSQL, ISO text on SQLite."""
@@ -262,16 +294,16 @@ def enqueue(session: Session, message_id: str, priority: float, reason: str, set
     enqueue_many(session, {message_id}, priority, reason, settings)
 
 
-def enqueue_many(session: Session, message_ids: set[str], priority: float, reason: str, settings: Settings) -> None:
-    sql, ids = _RawSQL(session), sorted(message_ids)  # a fixed lock order
+def enqueue_many(session: Session, message_ids: set[str], priority: float, reason: str, settings: Settings,
+                 sql: "_RawSQL | None" = None) -> None:
+    sql, ids = sql or _RawSQL(session), sorted(message_ids)  # a fixed lock order
     now = sql.timestamp(utcnow())
-    sql.many("INSERT INTO reviewitem (message_id, priority, reason, required_reviews, status, created_at, updated_at) "
-             f"VALUES ({sql.marks(7)}) ON CONFLICT (message_id) DO NOTHING",
-             [(m, priority, reason, settings.review_k, ReviewItemStatus.open.value, now, now) for m in ids])
-    sql.fetch(f"UPDATE reviewitem SET priority = {sql.mark}, reason = {sql.mark}, updated_at = {sql.mark} "
-              f"WHERE message_id IN ({sql.marks(len(ids))}) AND status = {sql.mark} "
-              f"AND (priority IS NULL OR priority > {sql.mark}) RETURNING message_id",
-              [priority, reason, now, *ids, ReviewItemStatus.open.value, priority])
+    sql.insert(ReviewItem, ("message_id", "priority", "reason", "required_reviews", "status", "created_at", "updated_at"),
+               [(m, priority, reason, settings.review_k, ReviewItemStatus.open.value, now, now) for m in ids],
+               "ON CONFLICT (message_id) DO NOTHING")
+    sql.lookup(f"UPDATE reviewitem SET priority = {sql.mark}, reason = {sql.mark}, updated_at = {sql.mark} "
+               f"WHERE status = {sql.mark} AND (priority IS NULL OR priority > {sql.mark}) AND message_id", ids,
+               [priority, reason, now, ReviewItemStatus.open.value, priority])
 
 
 def queue_priority(mean_logprob: float | None, settings: Settings, rng: random.Random) -> tuple[float | None, str | None]:
