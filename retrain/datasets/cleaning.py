@@ -87,6 +87,29 @@ def redact_pii(text: str, hits: dict[str, int] | None = None) -> str:
     return text
 
 
+def redact_many(texts: Sequence[str], hits: dict[str, int] | None = None) -> list[str]:
+    """`redact_pii` over many texts: the texts a cheap test selects for a pattern group are joined
+    by NUL (no pattern matches across a NUL) and scanned in one call, in C."""
+    hits = {} if hits is None else hits
+    out = [t.replace("\0", " ") if "\0" in t else t for t in texts]
+    groups = (
+        (lambda t: "@" in t, ((EMAIL, bool, "[EMAIL]"),)),
+        (_DIGIT.search, ((IBAN, iban_ok, "[IBAN]"), (CARD, luhn_ok, "[CARD]"), (SSN, bool, "[SSN]"),
+                         (IPV4, bool, "[IP]"), (PHONE, bool, "[PHONE]"))),
+        (lambda t: "::" in t or t.count(":") >= 7, ((IPV6, bool, "[IP]"),)),
+    )
+    for test, patterns in groups:
+        picked = [i for i, t in enumerate(out) if test(t)]
+        if not picked:
+            continue
+        big = "\0".join(out[i] for i in picked)
+        for pattern, check, label in patterns:
+            big = _sub_checked(pattern, check, label, big, hits)
+        for i, text in zip(picked, big.split("\0"), strict=True):
+            out[i] = text
+    return out
+
+
 # --------------------------------------------------------------------------------------- duplicates
 
 _WORD = re.compile(r"\w+")

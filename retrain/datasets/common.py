@@ -4,7 +4,7 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
-from retrain.datasets.cleaning import normalize, redact_pii
+from retrain.datasets.cleaning import normalize, redact_many, redact_pii
 from retrain.datasets.repository import Store
 from retrain.datasets.schemas import BuildOptions
 from retrain.datasets.split import split_key, split_of
@@ -92,6 +92,15 @@ class Prep:
 
     def weight(self, reviewer_id: int | None) -> float:
         return self.reliability.get(reviewer_id, 1.0) if reviewer_id is not None else 1.0
+
+    def redact_all(self, texts) -> None:
+        """Redact many texts in one pass (fills the cache `text` reads)."""
+        if not self.options.redact_pii:
+            return
+        todo = list({t for t in texts if t not in self._text})
+        hits: dict[str, int] = {}
+        self._text.update(zip(todo, redact_many(todo, hits), strict=True))
+        self.pii.update(hits)
 
     def text(self, s: str) -> str:
         """PII-redacted text (cached: contexts repeat across examples)."""

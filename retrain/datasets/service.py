@@ -66,6 +66,9 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
     lap("reliability")
     rubric = list(getattr(settings, "review_rubric", None) or DEFAULT_RUBRIC)
     prep = Prep(store, options, rubric, reliability)
+    prep.redact_all([t.content for turns in store.turns.values() for t in turns]
+                    + [row[3] for row in store.corrections] + [c[1] for c in store.candidates.values()])
+    lap("redact")
 
     step("resolving consensus")
     assessments = assess(prep)

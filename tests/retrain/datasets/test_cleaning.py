@@ -75,3 +75,13 @@ def test_general_and_forgetting_are_disjoint():
     prompts = {r["messages"][0]["content"] for r in general}
     assert not prompts & {r["messages"][0]["content"] for r in forgetting}
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in general + forgetting)
+
+
+def test_redact_many_matches_one_by_one():
+    from retrain.datasets.cleaning import redact_many
+
+    texts = ["mail a.b@c.io", "", "card 4111 1111 1111 1111", "no pii here 12", "ip 10.0.0.1\nand +1 415 555 2671",
+             "x\0y bob@d.org"]
+    one, many = {}, {}
+    assert redact_many(texts, many) == [redact_pii(t.replace("\0", " "), one) for t in texts]
+    assert one == many
