@@ -118,7 +118,8 @@ def render(results: dict[str, Any]) -> str:
     g = s["gate_figures"]
     parts.append("<h2>Retrain run and gates</h2><table>"
                  f"<tr><th>run</th><td>#{_fmt(run.get('id'))} · status <b>{_fmt(run.get('status'))}</b> · candidate "
-                 f"{_fmt(run.get('candidate_version'))} · promoted {_fmt(results.get('promoted'))}</td></tr>"
+                 f"{_fmt(run.get('candidate_version'))} · promoted by the gates {_fmt(results.get('promoted'))}"
+                 f" · promoted by hand to measure {_fmt(results.get('forced'))}</td></tr>"
                  f"<tr><th>held-out loss (eval split)</th><td>champion {_fmt(g['heldout_loss']['champion'])} → "
                  f"candidate {_fmt(g['heldout_loss']['candidate'])} ({_fmt(g['heldout_loss']['metric'])} "
                  f"{_fmt(g['heldout_loss']['value'])})</td></tr>"
@@ -176,7 +177,12 @@ def why(results: dict[str, Any]) -> str:
     s = results["summary"]
     notes = []
     t = s["targets"]
-    if s.get("run_status") != "promoted":
+    if s.get("run_status") != "promoted" and s.get("forced"):
+        notes.append(f"The gates rejected the candidate (run status {s.get('run_status')}; reasons: "
+                     f"{s.get('gate_reasons')}). To show what it learned anyway, the demo promoted it by hand "
+                     "through the admin API (recorded in the alias history), asked again, then rolled back: "
+                     "the 'after' column is the rejected candidate.")
+    elif s.get("run_status") != "promoted":
         notes.append(f"The candidate was not promoted (run status {s.get('run_status')}; gate reasons: "
                      f"{s.get('gate_reasons')}), so the 'after' answers come from the unchanged champion.")
     if t["corrected_train"]["met"] is False:

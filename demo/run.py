@@ -60,10 +60,12 @@ def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fr
 
 FULL = Profile(items=32, paraphrases=2, general=24, compare_budget=4, max_tokens=48,
                retrain=_retrain_config(epochs=6, lr=1.5e-3, batch=8, replay=0.25, eval_fraction=0.15),
-               gate_policy={"forgetting": {"max_examples": 100, "answers": 12}})
+               gate_policy={"forgetting": {"max_examples": 100, "answers": 12},
+                            "evaluators": ["heldout", "preference", "forgetting", "golden"]})
 QUICK = Profile(items=8, paraphrases=1, general=6, compare_budget=1, max_tokens=32,
                 retrain=_retrain_config(epochs=8, lr=2e-3, batch=8, replay=0.25, eval_fraction=0.3),
                 gate_policy={"forgetting": {"max_examples": 48, "answers": 6, "max_new_tokens": 24},
+                             "evaluators": ["heldout", "preference", "forgetting", "golden"],
                              "heldout": {"max_examples": 64}, "preference": {"max_examples": 64}})
 
 
@@ -242,7 +244,7 @@ def snapshot_membership(snapshot_path: str | None, items: list[Item]) -> dict[st
 
 
 def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: int, port: int,
-             progress: Progress, stages: Stages) -> dict[str, Any]:
+             progress: Progress, stages: Stages, measure_rejected: bool = True) -> dict[str, Any]:
     items, general = select(profile, seed)
     answer_key = {i.question.strip(): i for i in items}
     results: dict[str, Any] = {"profile": asdict(profile), "data_dir": str(data_dir), "seed": seed,
@@ -319,15 +321,31 @@ def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: 
             results["run"] = run
         with stages.stage("promote"):
             candidate = run.get("candidate_version")
+            results["promoted"] = run["status"] == "promoted"
+            results["forced"] = False
+            if candidate and not results["promoted"] and measure_rejected:
+                # the gate said no: promote by hand (admin API, recorded with its reason) only to measure
+                # what the candidate learned, and roll back right after
+                resp = admin.post(f"/api/models/{candidate}/promote",
+                                  json={"reason": "hitl demo: measure a gate-rejected candidate", "force": True})
+                results["forced"] = resp.status_code == 200
+                results["force_response"] = resp.json() if resp.headers.get("content-type", "").startswith(
+                    "application/json") else resp.text
+            if candidate and (results["promoted"] or results["forced"]):
+                results["served_after"] = wait_champion(admin, candidate)
+            else:
+                results["served_after"] = admin.get("/readyz").json().get("model_version")
             models = admin.get("/api/models")
             results["models"] = models.json() if models.status_code == 200 else None
-            champion = wait_champion(admin, candidate) if run["status"] == "promoted" else None
-            results["promoted"] = champion is not None and champion == candidate
-            results["served_after"] = champion or admin.get("/readyz").json().get("model_version")
 
         with stages.stage("ask again", total=n_measure) as advance:
             results["after"] = measure(admin_chat(server, service_key), items, general, profile.paraphrases,
                                        profile.max_tokens, advance)
+        if results["forced"]:
+            with stages.stage("rollback"):
+                resp = admin.post("/api/models/rollback", json={"reason": "hitl demo: end of the measurement"})
+                results["rollback"] = resp.json() if resp.status_code == 200 else {"status": resp.status_code}
+                results["served_final"] = wait_champion(admin, results.get("base_version") or "")
         results["membership"] = snapshot_membership((run.get("plan") or {}).get("snapshot_path"), items)
     finally:
         server.stop()
@@ -399,7 +417,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "general": acc("general", sorted(before["general"])),
     }
     gate = (results.get("run") or {}).get("gate") or {}
-    gate_results = {r.get("name"): r for r in gate.get("results", []) if isinstance(r, dict)}
+    raw = gate.get("results") or {}
+    gate_results = raw if isinstance(raw, dict) else {r.get("name"): r for r in raw if isinstance(r, dict)}
     heldout, forgetting = gate_results.get("heldout", {}), gate_results.get("forgetting", {})
     figures = {
         "heldout_loss": {"champion": heldout.get("champion"), "candidate": heldout.get("candidate"),
@@ -416,7 +435,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "forgetting_loss_increase": _verdict(loss_increase, TARGETS["forgetting_loss_increase"], at_least=False),
     }
     return {"accuracy": rows, "gate_figures": figures, "forgetting_loss_increase": loss_increase,
-            "targets": targets, "promoted": results.get("promoted"), "run_status": (results.get("run") or {}).get("status"),
+            "targets": targets, "promoted": results.get("promoted"), "forced": results.get("forced"), "run_status": (results.get("run") or {}).get("status"),
             "gate_reasons": gate.get("reasons"), "corrected_items": sorted(corrected_any)}
 
 

@@ -50,10 +50,9 @@ def _results(tmp_path):
         "before": before, "after": after, "membership": snapshot_membership(str(snap), items),
         "reviews": {"alice": [{"item": i.id, "scores": {"correctness": 1}, "correction": i.answer} for i in items],
                     "mallory": [{"item": items[0].id, "scores": {"correctness": 4}}]},
-        "run": {"id": 1, "status": "promoted", "gate": {"results": [
-            {"name": "heldout", "metric": "relative loss improvement", "value": 0.2, "champion": 2.0, "candidate": 1.6},
-            {"name": "forgetting", "metric": "relative loss increase", "value": 0.02, "champion": 1.0,
-             "candidate": 1.02}]}},
+        "run": {"id": 1, "status": "promoted", "gate": {"results": {  # as evaluators.gate writes it
+            "heldout": {"value": 0.2, "champion": 2.0, "candidate": 1.6, "passed": True},
+            "forgetting": {"value": 0.02, "champion": 1.0, "candidate": 1.02, "passed": True}}}},
         "promoted": True, "times": {"start server": 3.0, "retrain (LoRA SFT)": 60.0},
     }
     return results, items
