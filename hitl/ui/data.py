@@ -113,9 +113,10 @@ def reviewer_throughput(session: Session, days: int = 7) -> dict[str, Any]:
     if claim is None:
         return {"labels": labels, "series": {}}
     since = today_start() - timedelta(days=days - 1)
-    day = func.date(claim.created_at)
+    finished = func.coalesce(claim.finished_at, claim.created_at)
+    day = func.date(finished)
     query = (select(claim.reviewer_id, day, func.count())
-             .where(claim.status == "submitted", claim.created_at >= since)
+             .where(claim.status == "submitted", finished >= since)
              .group_by(claim.reviewer_id, day))
     per: dict[str, dict[str, int]] = defaultdict(dict)
     for reviewer, d, n in session.exec(query):
@@ -129,8 +130,9 @@ def progress(session: Session, user: User) -> dict[str, Any]:
     claim, item = fb("ReviewClaim"), fb("ReviewItem")
     reviewed = None
     if claim is not None:
+        finished = func.coalesce(claim.finished_at, claim.created_at)
         reviewed = session.exec(select(func.count()).select_from(claim).where(
-            claim.reviewer_id == user.id, claim.status == "submitted", claim.created_at >= today_start())).one()
+            claim.reviewer_id == user.id, claim.status == "submitted", finished >= today_start())).one()
     left = None
     if item is not None:
         left = session.exec(select(func.count()).select_from(item).where(

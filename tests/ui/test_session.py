@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from tests.conftest import make_key
 
 
@@ -74,6 +76,7 @@ def test_cookie_session_csrf_and_roles(live_server, admin_key):
     assert client.get("/review").status_code == 303
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # no SQL beyond the user table here
 def test_forged_and_revoked_sessions_and_user_keys(live_server, api):
     client, _ = sign_in(live_server, make_key("reviewer", "leaver"))
     user_id, prefix, issued, signature = client.cookies["hitl_session"].split(".")

@@ -160,7 +160,10 @@
   // ------------------------------------------------------------------ rubric
   function setActiveDim(i) {
     state.activeDim = Math.max(0, Math.min(DIMS.length - 1, i));
-    document.querySelectorAll(".dim").forEach((f, j) => f.classList.toggle("dim-active", j === state.activeDim));
+    document.querySelectorAll(".dim").forEach((f, j) => {
+      f.classList.toggle("dim-active", j === state.activeDim);
+      if (j === state.activeDim && state.item) f.scrollIntoView({block: "nearest"});
+    });
   }
 
   function rate(value) {
@@ -404,6 +407,11 @@
     }
   });
 
+  // first visit: show the guidelines once
+  if (!localStorage.getItem("hitl.seenGuidelines")) {
+    $("guidelines").open = true;
+    localStorage.setItem("hitl.seenGuidelines", "1");
+  }
   refreshProgress();
   setInterval(refreshProgress, 30000);
   claim();
