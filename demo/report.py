@@ -145,8 +145,21 @@ def render(results: dict[str, Any]) -> str:
                      f"<td>{sum('comparison' in r for r in log)}</td><td>{sum('flag' in r for r in log)}</td>"
                      f"<td>{sum(r.get('action') == 'skip' for r in log)}</td></tr>")
     parts.append("</table>")
-    parts.append(f"<p>Agreement (<code>GET /api/review/agreement</code>):</p><pre>"
-                 f"{e(json.dumps(results.get('agreement'), indent=1, default=str)[:4000])}</pre>")
+    agreement = results.get("agreement") or {}
+    names = results.get("user_names") or {}
+    if agreement.get("dimensions"):
+        parts.append("<p>Krippendorff's alpha per rubric dimension (<code>GET /api/review/agreement</code>): "
+                     + ", ".join(f"{e(d)} {_fmt(v.get('alpha'))} (n={v.get('n_items')})"
+                                 for d, v in agreement["dimensions"].items()) + "</p>")
+    if agreement.get("reviewers"):
+        parts.append("<table><tr><th>reviewer</th><th>items</th><th>agreement with consensus</th>"
+                     "<th>reliability</th></tr>")
+        for rid, v in agreement["reviewers"].items():
+            parts.append(f"<tr><td>{e(names.get(str(rid), str(rid)))}</td><td>{v.get('n_items')}</td>"
+                         f"<td>{_fmt(v.get('agreement'))}</td><td>{_fmt(v.get('reliability'))}</td></tr>")
+        parts.append("</table>")
+    parts.append(f"<details><summary>raw agreement report</summary><pre>"
+                 f"{e(json.dumps(results.get('agreement'), indent=1, default=str)[:4000])}</pre></details>")
 
     if "times" in plots:
         parts.append("<h2>Time per stage</h2>")

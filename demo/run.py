@@ -158,10 +158,14 @@ class Server:
                 self.proc.kill()
 
 
+USER_IDS: dict[str, str] = {}  # user id -> demo name, to label the agreement report
+
+
 def create_key(server: Server, admin: httpx.Client, name: str, role: str) -> str:
     """A user through the admin API; falls back to `hitl users create` (same store) when that route is absent."""
     resp = admin.post("/ui/api/users", json={"name": name, "role": role})
     if resp.status_code == 201:
+        USER_IDS[str(resp.json()["id"])] = name
         return resp.json()["key"]
     out = subprocess.run([sys.executable, "-m", "hitl", "users", "create", "--role", role, "--name", name],
                          env=server.env, capture_output=True, text=True, check=True)
@@ -291,6 +295,7 @@ def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: 
                     else:
                         active.remove(reviewer)
             results["reviews"] = {r.name: r.log for r in reviewers}
+            results["user_names"] = dict(USER_IDS)
             agreement = admin.get("/api/review/agreement")
             results["agreement"] = agreement.json() if agreement.status_code == 200 else None
             stats = admin.get("/api/review/stats")
