@@ -198,11 +198,12 @@ def why(results: dict[str, Any]) -> str:
     elif s.get("run_status") != "promoted":
         notes.append(f"The candidate was not promoted (run status {s.get('run_status')}; gate reasons: "
                      f"{s.get('gate_reasons')}), so the 'after' answers come from the unchanged champion.")
-    if t["corrected_train"]["met"] is False:
+    measured_candidate = s.get("run_status") == "promoted" or s.get("forced")
+    if t["corrected_train"]["met"] is False and measured_candidate:
         notes.append("Fewer corrected train prompts than targeted are answered with the correction: the LoRA did "
                      "not fit the corrections closely enough (more epochs or a higher learning rate; the trainer "
                      "keeps the checkpoint with the best eval loss, which can stop before the facts are learned).")
-    if t["paraphrases"]["met"] is False:
+    if t["paraphrases"]["met"] is False and measured_candidate:
         notes.append("Paraphrases are below target: with one phrasing per fact a 135M model learns the wording more "
                      "than the fact; the dataset builder's paraphrase expansion (snapshot option `paraphrases`) "
                      "adds variants.")

@@ -60,7 +60,7 @@ def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fr
 
 FULL = Profile(items=32, paraphrases=2, general=24, compare_budget=4, max_tokens=48,
                retrain=_retrain_config(epochs=6, lr=1.5e-3, batch=8, replay=0.25, eval_fraction=0.15),
-               gate_policy={"forgetting": {"max_examples": 100, "answers": 12},
+               gate_policy={"forgetting": {"max_examples": 64, "answers": 8, "max_new_tokens": 32},
                             "evaluators": ["heldout", "preference", "forgetting", "golden"]})
 QUICK = Profile(items=8, paraphrases=1, general=6, compare_budget=1, max_tokens=32,
                 retrain=_retrain_config(epochs=8, lr=2e-3, batch=8, replay=0.25, eval_fraction=0.3),
