@@ -116,7 +116,11 @@ async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, set
         generation = await target.complete(messages, params)
     except Exception as exc:
         raise backend_failure(exc) from exc
-    await run_in_threadpool(record, generation)
+    try:
+        await run_in_threadpool(record, generation)
+    except Exception as exc:
+        log.error("could not store a chat exchange", exc_info=exc)
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, "the reply could not be stored") from exc
     return ChatCompletion(
         id=completion_id, model=generation.model_version,
         choices=[Choice(message=AssistantMessage(content=generation.text), finish_reason=generation.finish_reason)],
@@ -145,7 +149,10 @@ async def _sse(events: AsyncIterator, first: Started, info: HitlInfo, completion
                 yield _data(chunk(completion_id, model, {"content": event}))
             elif isinstance(event, Generation):
                 finished = True
-                await run_in_threadpool(record, event)
+                if not await _stored(record, event):
+                    yield _data({"error": {"message": "the reply could not be stored", "type": "server_error",
+                                           "code": 500}})
+                    return
                 usage = {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
                          "total_tokens": event.prompt_tokens + event.completion_tokens}
                 yield _data(chunk(completion_id, model, {}, event.finish_reason, usage=usage))
@@ -153,13 +160,22 @@ async def _sse(events: AsyncIterator, first: Started, info: HitlInfo, completion
     except Exception as exc:
         finished = True
         error = backend_failure(exc)
-        await run_in_threadpool(record, partial("error"))
+        await _stored(record, partial("error"))
         yield _data({"error": {"message": error.detail, "type": "server_error", "code": error.status_code}})
     finally:
         if not finished:  # the client disconnected: no await here, the task may be cancelled
             loop = asyncio.get_running_loop()
             loop.create_task(events.aclose())  # tells the decoder to drop the row
             loop.run_in_executor(None, record, partial("cancelled"))
+
+
+async def _stored(record: Callable[[Generation], None], generation: Generation) -> bool:
+    try:
+        await run_in_threadpool(record, generation)
+        return True
+    except Exception:
+        log.exception("could not store a chat exchange")
+        return False
 
 
 def _data(payload: dict) -> str:

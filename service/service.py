@@ -44,9 +44,11 @@ def log_exchange(
         conversation = get_conversation(session, conversation_id)
         conversation.updated_at = now
         stored = conversation_messages(session, conversation_id)
-    rows = [{"id": new_id("msg"), "role": m["role"], "content": m["content"]} for m in new_messages(stored, request_messages)]
+    rows = [{"id": new_id("msg"), "role": m["role"], "content": storable(m["content"])}
+            for m in new_messages(stored, request_messages)]
     rows.append({
-        "id": reply_id, "role": "assistant", "content": generation.text, "model_version": generation.model_version,
+        "id": reply_id, "role": "assistant", "content": storable(generation.text),
+        "model_version": generation.model_version,
         "latency_ms": latency_ms, "prompt_tokens": generation.prompt_tokens,
         "completion_tokens": generation.completion_tokens, "mean_logprob": generation.mean_logprob,
         "finish_reason": generation.finish_reason,
@@ -60,6 +62,11 @@ def log_exchange(
         for i, row in enumerate(rows)
     ])
     session.flush()
+
+
+def storable(text: str) -> str:
+    """Text as every database can store it: PostgreSQL refuses NUL characters, which a model may emit."""
+    return text.replace("\x00", "\ufffd")
 
 
 def _commit_without_fsync(session: Session) -> None:
@@ -87,7 +94,7 @@ def new_messages(stored: list[Message], request: list[dict]) -> list[dict]:
     """The request's messages not yet logged: everything after the stored prefix, or, when the
     client trimmed or edited its history, the messages after its last assistant turn."""
     stored_pairs = [(m.role, m.content) for m in stored]
-    request_pairs = [(m["role"], m["content"]) for m in request]
+    request_pairs = [(m["role"], storable(m["content"])) for m in request]
     if request_pairs[: len(stored_pairs)] == stored_pairs:
         return request[len(stored_pairs):]
     last_assistant = max((i for i, m in enumerate(request) if m["role"] == "assistant"), default=-1)

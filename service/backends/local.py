@@ -67,8 +67,10 @@ class _Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, event: Event | BaseException) -> None:
-        if not self.loop.is_closed():
+        try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the requester's event loop is gone; nobody is listening
+            self.cancelled.set()
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,13 @@ def set_challenger(version: str | None, base_path: str | None = None) -> None:
             s.add(ModelAlias(alias="challenger", version=version))
 
 
+def move_champion(version: str) -> None:
+    from core.db import session_scope
+
+    with session_scope() as s:
+        s.get(ModelAlias, "champion").version = version
+
+
 def wait_until_serving(api, expected: list[str], timeout: float = 60) -> None:
     """The server follows the aliases every 2 s; /readyz lists the versions loaded and served."""
     deadline = time.monotonic() + timeout
@@ -83,3 +90,7 @@ def test_canary_routes_new_conversations_and_sticks(canary_server, service_key, 
     history[-1]["content"] = "And now?"
     assert ask(client, "", new["conversation_id"], history)[0]["model_version"] == "base"
     assert ask(client, "Hey")[0]["model_version"] == "base"
+
+    move_champion("v2")  # promotion elsewhere: the server hot-swaps to it
+    wait_until_serving(api, ["v2"])
+    assert ask(client, "Hey")[0]["model_version"] == "v2"

@@ -137,3 +137,30 @@ def test_remote_backend_against_our_own_server(live_server, service_key, monkeyp
         assert reply.choices[0].message.content == whole.text and reply.model_extra["hitl"]["model_version"] == "base"
         logged = api.get(f"/api/conversations/{reply.model_extra['hitl']['conversation_id']}").json()["messages"]
         assert logged[-1]["content"] == whole.text and logged[-1]["model_version"] == "base"
+
+
+class NulBackend(FaultyBackend):
+    """Replies with a NUL character, which PostgreSQL text columns refuse."""
+
+    def __init__(self):
+        pass
+
+    async def stream(self, messages, params):
+        yield Started("faulty", 3)
+        yield "a\x00b"
+        yield Generation(text="a\x00b", model_version="faulty", prompt_tokens=3, completion_tokens=2,
+                         finish_reason="stop")
+
+
+def test_nul_characters_are_stored(settings, service_key, admin_key):
+    from hitl.app import create_app
+
+    with LiveServer(create_app(backend=NulBackend())) as server, \
+            server.client(service_key) as http, server.client(admin_key) as api:
+        for stream in (False, True):
+            response = http.post("/v1/chat/completions",
+                                 json={"messages": [{"role": "user", "content": "x\u0000y"}], "stream": stream})
+            assert response.status_code == 200
+            first = response.json() if not stream else json.loads(response.text.split("data: ", 2)[1])
+            logged = api.get(f"/api/conversations/{first['hitl']['conversation_id']}").json()["messages"]
+            assert [m["content"] for m in logged] == ["x\ufffdy", "a\ufffdb"]
