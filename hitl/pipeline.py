@@ -131,6 +131,8 @@ def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, 
                            eval_rows=eval_rows, out=out / "stages" / f"{i}-{method}", sink=sink, sweep=sweep,
                            hw=hw)
         finals.append(out / "stages" / f"{i}-{method}" / "final")
+        if not is_main():
+            continue
         with session_scope() as session:
             run = runs.get_run(session, run_id)
             metrics = copy.deepcopy(run.metrics or {})
@@ -141,8 +143,15 @@ def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, 
             run.metrics = metrics
             session.add(run)
         sink.flush()
-    candidate = adapters.concat_adapters([champ_adapter, *finals], out / "candidate")
+    candidate = out / "candidate"
+    if is_main():
+        adapters.concat_adapters([champ_adapter, *finals], candidate)
     return candidate, base_path
+
+
+def is_main() -> bool:
+    """Rank 0 under `accelerate launch` (or the only process)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def gate(run_id: int) -> tuple[RunStatus, dict[str, Any]]:
@@ -254,7 +263,7 @@ def train_stages(run_id: int) -> None:
     with session_scope() as session:
         plan = runs.get_run(session, run_id).plan
     candidate, base_path = train(run_id, settings, plan)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main():
         (runs.run_dir(settings, run_id) / "candidate.json").write_text(json.dumps({"base_path": base_path}))
 
 

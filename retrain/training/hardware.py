@@ -108,8 +108,6 @@ def plan_batch(model, hw: Hardware, *, seq_len: int, effective: int, fixed: int 
             gc = True
             batch = find_batch_size(probe_step(model, seq_len, rows_per_example), start, hw)
             why += f"; gradient checkpointing on: without it fewer than {min_batch} rows fit"
-        if gc and gradient_checkpointing is None and batch >= min_batch:
-            pass
         if not gc:
             model.gradient_checkpointing_disable()
         if batch == 0:

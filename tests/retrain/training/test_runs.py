@@ -131,3 +131,36 @@ def test_nothing_to_train_is_skipped_with_the_reason(settings, tmp_path):
     assert pipeline.run_pipeline(run.id) == RunStatus.skipped
     with session_scope() as session:
         assert "nothing to train" in session.get(RetrainRun, run.id).reason
+
+
+def test_stages_and_champions_chain_into_one_stacked_adapter(settings, tmp_path):
+    """SFT then DPO in one run; then a second run on top of that candidate as champion: one adapter each
+    time, on the same base, with rank = sum of the parts."""
+    if settings.db_url.startswith("postgresql"):
+        pytest.skip("the training path does not depend on the database; the run/lock paths are covered above")
+    import json
+
+    from hitl import pipeline
+    from service.models import ModelAlias
+
+    snapshot = write_snapshot(tmp_path / "snap", kinds=("sft", "dpo"))
+    with session_scope() as session:
+        first = runs.create_run(session, trigger="manual", config=fast_config(snapshot, steps=1))
+    assert pipeline.run_pipeline(first.id) == RunStatus.succeeded
+    with session_scope() as session:
+        first = session.get(RetrainRun, first.id)
+        assert [s["method"] for s in first.plan["stages"]] == ["sft", "dpo"]
+        v1 = session.get(ModelVersion, first.candidate_version)
+        assert json.loads((Path(v1.adapter_path) / "adapter_config.json").read_text())["r"] == 8  # 4 + 4
+        session.get(ModelAlias, "champion").version = v1.version  # as the evaluators would promote it
+
+    with session_scope() as session:
+        second = runs.create_run(session, trigger="manual", config=fast_config(snapshot, steps=1, methods=["sft"]))
+    assert pipeline.run_pipeline(second.id) == RunStatus.succeeded
+    with session_scope() as session:
+        v2 = session.get(ModelVersion, session.get(RetrainRun, second.id).candidate_version)
+        assert v2.parent == v1.version and v2.base_path == v1.base_path
+        assert json.loads((Path(v2.adapter_path) / "adapter_config.json").read_text())["r"] == 12
+    from service.backends.local import load_model
+
+    load_model(v2.base_path, v2.adapter_path, device="cpu")
