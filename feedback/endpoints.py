@@ -43,8 +43,10 @@ def _out(schema, row, **extra):
              summary="End-user thumbs up/down with an optional comment (service key)",
              responses={404: {"description": "Unknown message"}})
 async def post_feedback(body: FeedbackIn, request: Request, user_id: Annotated[int, Depends(ingest.service_caller)],
-                        settings: SettingsDep, key: IdempotencyKey = None) -> Response:
-    """Group-committed (see `feedback.ingest`): answered once the write is durable."""
+                        key: IdempotencyKey = None) -> Response:
+    """Group-committed (see `feedback.ingest`): answered once the write is durable. Settings are
+    read inline: a sync dependency would cost a thread hop on this hot path."""
+    settings = get_settings()
     write = service.ThumbsWrite(user_id, body.message_id, body.thumbs, body.comment, key,
                                 idempotency.fingerprint(request, body) if key else None)
     return idempotency.respond(await ingest.writer(settings).submit(write))

@@ -1,7 +1,5 @@
 """Roles, object-level ownership and mass assignment, through the HTTP API."""
 
-import pytest
-
 from tests.feedback.conftest import chat
 
 ADMIN_ROUTES = [("get", "/api/review/agreement"), ("get", "/api/review/adjudication"), ("get", "/api/audit"),
@@ -79,11 +77,16 @@ def test_end_user_feedback(clients):
     assert admin.get("/api/review/stats").json()["feedback"]["thumbs_down"] == 1
 
 
-@pytest.mark.parametrize("path", ["/v1/feedback", "/api/review/items/{message_id}/rating",
-                                  "/api/review/items/{message_id}/correction"])
-def test_openapi_has_examples_on_write_bodies(server, path):
-    with server.client() as c:
-        spec = c.get("/openapi.json").json()
-    body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    schema = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
-    assert schema["examples"] and schema["additionalProperties"] is False
+def test_openapi_documents_write_bodies_with_examples():
+    from hitl.app import create_app
+
+    spec = create_app().openapi()
+    paths = ["/v1/feedback", "/api/review/items/{message_id}/rating", "/api/review/items/{message_id}/correction",
+             "/api/review/items/{message_id}/comparison", "/api/review/items/{message_id}/flag",
+             "/api/review/items/{message_id}/comment", "/api/review/gold"]
+    for path in paths:
+        body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        schema = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+        assert schema["examples"] and schema["additionalProperties"] is False, path
+    claim = spec["paths"]["/api/review/claim"]["post"]
+    assert "204" in claim["responses"] and any(p["name"] == "Idempotency-Key" for p in claim["parameters"])
