@@ -158,3 +158,14 @@ def test_canary_job_is_off_unless_the_policy_enables_it(monkeypatch, tmp_path):
         assert canary_job() == {"decision": "disabled"}
     finally:
         get_settings.cache_clear()
+
+
+def test_an_unchanged_candidate_is_not_measurably_better():
+    from evaluators import heldout
+
+    same = StubScorer("x")
+    ctx = Context(candidate=same, champion=StubScorer("y"))
+    ctx.split = lambda kind, split, limit=None: [  # type: ignore[method-assign]
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "B"}]} for i in range(8)]
+    result = heldout.run(ctx, gate.load_policy()["heldout"])
+    assert result.value == 0.0 and result.passed is False
