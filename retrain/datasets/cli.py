@@ -22,7 +22,7 @@ def build(
     options_json: Annotated[str | None, typer.Option("--options", help="Full BuildOptions as JSON.")] = None,
 ) -> None:
     """Build a snapshot from the feedback store (identical content → the existing snapshot)."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from retrain.datasets import service
 
@@ -31,17 +31,21 @@ def build(
         paraphrases=paraphrases, max_tokens=max_tokens)
     settings = get_settings()
     migrate()
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
-        task = bar.add_task("starting", total=None)
+    phases = 5 + (1 if opts.paraphrases else 0)
+    with Progress(SpinnerColumn(), TextColumn("{task.description:<32}"), BarColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task("starting", total=phases)
+
+        def step(msg: str) -> None:
+            bar.update(task, description=msg, advance=0 if bar.tasks[0].description == "starting" else 1)
+
         try:
             with session_scope() as session:
-                snap, created = service.build(session, settings, opts,
-                                              progress=lambda msg: bar.update(task, description=msg))
+                snap, created = service.build(session, settings, opts, progress=step)
         except service.DatasetError as exc:
             bar.stop()
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
-        bar.update(task, description="done")
+        bar.update(task, description="done", completed=phases)
     typer.echo(f"{'built' if created else 'unchanged, existing'} snapshot {snap.id} {snap.hash[:12]} at {snap.path}")
     for kind, splits in snap.counts.items():
         typer.echo(f"  {kind}: " + ", ".join(f"{s} {n}" for s, n in splits.items()))

@@ -39,7 +39,7 @@ class BuildOptions(BaseModel):
     paraphrase_base_url: str | None = Field(None, description="OpenAI-compatible endpoint; default the remote "
                                             "backend settings.")
     paraphrase_model: str | None = None
-    paraphrase_api_key: str | None = None
+    paraphrase_api_key: str | None = Field(None, description="Never written to the manifest.")
 
 
 class SnapshotCreated(BaseModel):

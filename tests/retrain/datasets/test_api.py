@@ -61,6 +61,7 @@ def test_paraphrase_expansion(settings, live_server, api):
     with session_scope() as s:
         snap, created = service.build(s, settings, opts)
     report = snap.manifest["expansion"]
+    assert "paraphrase_api_key" not in snap.manifest["options"]
     assert report["sources"] == 3 and report["generated"] == 6
     assert report["kept_in_snapshot"] <= report["kept_after_expansion_dedup"] <= 6
     rows = {sp: service.load_split(snap.path, "sft", sp) for sp in ("train", "eval")}
