@@ -76,7 +76,7 @@ def expand(prep: Prep, examples: list[Example], settings, cache_path: Path) -> t
             key = ParaphraseCache.key(model, original, k)
             if key not in cache.items:
                 reply = client.chat.completions.create(
-                    model=model, temperature=0.9, seed=k, max_tokens=256,
+                    model=model, temperature=0.9, seed=k, max_tokens=opts.paraphrase_max_tokens,
                     messages=[{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": original}])
                 cache.put(key, _clean(reply.choices[0].message.content or ""))
             texts.append(prep.text(cache.items[key]))

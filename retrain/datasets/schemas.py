@@ -39,6 +39,7 @@ class BuildOptions(BaseModel):
     paraphrase_base_url: str | None = Field(None, description="OpenAI-compatible endpoint; default the remote "
                                             "backend settings.")
     paraphrase_model: str | None = None
+    paraphrase_max_tokens: int = Field(256, ge=8, le=2048, description="Longest paraphrase asked for.")
     paraphrase_api_key: str | None = Field(None, description="Never written to the manifest.")
 
 

@@ -1,6 +1,8 @@
 """The admin dataset API over real HTTP, and paraphrase expansion against a real OpenAI-compatible
 endpoint (hitl's own chat API serving the tiny model)."""
 
+import pytest
+
 from core.db import session_scope
 from tests.conftest import make_key
 from tests.retrain.datasets import factories as f
@@ -51,13 +53,14 @@ def test_kto_refusal_is_a_422_naming_the_class(api):
     assert res.status_code == 422 and "undesirable (label=false)" in res.json()["detail"]
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # the database plays no part here
 def test_paraphrase_expansion(settings, live_server, api):
     from retrain.datasets import service
     from retrain.datasets.schemas import BuildOptions
 
     _seed(3, bad=False)
     opts = BuildOptions(eval_fraction=0.5, paraphrases=2, kinds=["sft"], paraphrase_base_url=live_server.url + "/v1",
-                        paraphrase_api_key=make_key("service"), paraphrase_model="any")
+                        paraphrase_api_key=make_key("service"), paraphrase_model="any", paraphrase_max_tokens=16)
     with session_scope() as s:
         snap, created = service.build(s, settings, opts)
     report = snap.manifest["expansion"]
