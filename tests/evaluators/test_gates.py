@@ -93,6 +93,12 @@ def test_candidate_trained_on_flipped_labels_is_rejected_and_champion_keeps_serv
     assert chat_version(live_server, service_key) == "base"
     assert api.post("/api/models/flipped-1/promote", json={}).status_code == 409  # kept, but needs force
 
+    # any OpenAI-compatible endpoint can judge; here hitl's own API (the tiny model's letter may be noise)
+    from evaluators.judge import openai_judge, swapped
+
+    remote = openai_judge(f"{live_server.url}/v1", "hitl", service_key)
+    assert swapped(remote, [{"role": "user", "content": "Hi"}], "Hello!", "fox") in {"a", "b", "tie"}
+
 
 @sqlite_only
 def test_cli_eval_writes_the_report(settings, tiny_model_dir, good_adapter, snapshot, policy, tmp_path):
