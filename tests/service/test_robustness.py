@@ -67,6 +67,7 @@ class FaultyBackend(Backend):
         pass
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # the database plays no part here
 @pytest.mark.parametrize(("error", "code"), [
     (RuntimeError("CUDA out of memory"), 500), (BadRequest("prompt too long"), 422), (Unavailable("loading"), 503),
 ])
