@@ -1,5 +1,7 @@
 """`hitl retrain …` and `hitl scheduler`."""
 
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -105,9 +107,14 @@ def scheduler() -> None:
 
     logs.configure(_settings().log_format)
     migrate()
-    sched = tasks.build_scheduler(blocking=True)
-    console.print(f"retrain scheduler: cron '{sched.hitl_cron}'")
+    sched = tasks.build_scheduler()  # background threads; this thread just waits (a BlockingScheduler's
+    tasks.start_scheduler(sched)      # start() would block before the job is added)
+    console.print(f"retrain scheduler: cron '{sched.hitl_cron}', next run {sched.get_job(tasks.JOB_ID).next_run_time}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        tasks.start_scheduler(sched)
+        while True:
+            time.sleep(3600)
     except (KeyboardInterrupt, SystemExit):
         pass
+    finally:
+        tasks.stop_scheduler(sched)

@@ -138,17 +138,15 @@ def _resume_job() -> None:
     resume_interrupted(wait=True)
 
 
-def build_scheduler(settings: Settings | None = None, *, blocking: bool = False, cron: str | None = None):
+def build_scheduler(settings: Settings | None = None, *, cron: str | None = None):
     """A scheduler whose retrain job lives in the hitl database. Start it with `start_scheduler`."""
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
-    from apscheduler.schedulers.blocking import BlockingScheduler
 
     settings = settings or get_settings()
     rs = get_retrain_settings()
-    cls = BlockingScheduler if blocking else BackgroundScheduler
-    scheduler = cls(
+    scheduler = BackgroundScheduler(
         jobstores={"default": SQLAlchemyJobStore(url=settings.db_url, tablename=SCHEDULER_TABLE)},
         executors={"default": ThreadPoolExecutor(2)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": rs.retrain_misfire_grace_s},
