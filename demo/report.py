@@ -104,11 +104,12 @@ def render(results: dict[str, Any]) -> str:
                  "<th>threshold</th><th>verdict</th></tr>")
     names = {"corrected_train": "corrected train prompts answered with the correction",
              "paraphrases": "paraphrases answered correctly",
-             "forgetting_loss_increase": "loss increase on held-out general prompts (forgetting gate)"}
+             "forgetting_loss_increase": "loss increase on held-out general prompts (forgetting gate)",
+             "general_answer_drop": "drop in the demo's general set answered correctly (greedy answers)"}
     for key, v in s["targets"].items():
         verdict = {True: "<span class=ok>met</span>", False: "<span class=bad>NOT met</span>",
                    None: "<span class=na>not measured</span>"}[v["met"]]
-        sign = "≥" if key != "forgetting_loss_increase" else "≤"
+        sign = "≥" if key in ("corrected_train", "paraphrases") else "≤"
         parts.append(f"<tr><td>{names[key]}</td><td>{_pct(v['value']) if v['value'] is not None else '–'}</td>"
                      f"<td>{sign} {v['target']:.0%}</td><td>{verdict}</td></tr>")
     parts.append("</table>")
@@ -210,6 +211,14 @@ def why(results: dict[str, Any]) -> str:
     if t["forgetting_loss_increase"]["met"] is False:
         notes.append("The general set's loss rose more than 5%: more replay (snapshot option `replay_fraction`) or "
                      "a lower learning rate.")
+    if t.get("general_answer_drop", {}).get("met") is False and measured_candidate:
+        notes.append("The model forgot answers it knew: on the demo's general set (questions the base model "
+                     "answered right) fewer replies contain the right answer after training. The corrections "
+                     "are terse corpus answers, and the model learned that style: it now answers everything in "
+                     "a few words, and for facts it holds weakly the short answer is wrong. The gate's forgetting "
+                     "check measures loss on reference answers, which this style shift lowers, so it did not "
+                     "catch it. Remedies: corrections written as full sentences, a larger replay share, fewer "
+                     "epochs, and an answer-level forgetting gate.")
     if t["corrected_train"]["met"] is None:
         notes.append("No corrected question reached the SFT train split, so the main target could not be measured.")
     return " ".join(notes) or "All measured targets are met."

@@ -442,10 +442,16 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "corrected_train": _verdict(rows["corrected_train"]["after"], TARGETS["corrected_train"], at_least=True),
         "paraphrases": _verdict(rows["paraphrases"]["after"], TARGETS["paraphrases"], at_least=True),
         "forgetting_loss_increase": _verdict(loss_increase, TARGETS["forgetting_loss_increase"], at_least=False),
+        "general_answer_drop": _verdict(_drop(rows["general"]), TARGETS["forgetting_loss_increase"], at_least=False),
     }
     return {"accuracy": rows, "gate_figures": figures, "forgetting_loss_increase": loss_increase,
             "targets": targets, "promoted": results.get("promoted"), "forced": results.get("forced"), "run_status": (results.get("run") or {}).get("status"),
             "gate_reasons": gate.get("reasons"), "corrected_items": sorted(corrected_any)}
+
+
+def _drop(row: dict) -> float | None:
+    """Share of the general set answered correctly before minus after (positive = forgot)."""
+    return None if row["before"] is None or row["after"] is None else row["before"] - row["after"]
 
 
 def _verdict(value: float | None, target: float, at_least: bool) -> dict:
