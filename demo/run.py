@@ -47,16 +47,18 @@ class Profile:
     gate_policy: dict[str, Any] = field(default_factory=dict)
 
 
-def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fraction: float) -> dict:
+def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fraction: float,
+                    keep_last: bool = False) -> dict:
+    extra = {"eval_strategy": "no"} if keep_last else {}
     return {
         "methods": ["sft"],
         "sft": {"learning_rate": lr, "num_train_epochs": epochs, "effective_batch_size": batch,
                 "per_device_train_batch_size": batch, "early_stopping_patience": 0, "min_rows": 1,
                 "max_length": 256, "warmup_ratio": 0.05, "lr_scheduler_type": "linear",
-                # evaluate only before and after training, so the last step is kept: the eval split holds
-                # *other* facts, whose loss rises while these are learned, and the trainer would otherwise
-                # keep the epoch-1 checkpoint (best eval loss), before the corrections are learned
-                "extra": {"eval_strategy": "no"}},
+                # keep_last: evaluate only before and after training, so the last step is kept. The eval
+                # split holds *other* facts; with one or two eval conversations (quick) the trainer's
+                # best-eval-loss checkpoint is noise and can stop before the corrections are learned.
+                "extra": extra},
         "snapshot_options": {"replay_fraction": replay, "eval_fraction": eval_fraction},
         "save_steps": 10_000, "logging_steps": 1,
     }
@@ -67,7 +69,8 @@ FULL = Profile(items=32, paraphrases=2, general=24, compare_budget=4, max_tokens
                gate_policy={"forgetting": {"max_examples": 64, "answers": 8, "max_new_tokens": 32},
                             "evaluators": ["heldout", "preference", "forgetting", "golden"]})
 QUICK = Profile(items=8, paraphrases=1, general=6, compare_budget=1, max_tokens=32,
-                retrain=_retrain_config(epochs=8, lr=1.5e-3, batch=8, replay=0.25, eval_fraction=0.3),
+                retrain=_retrain_config(epochs=8, lr=1.5e-3, batch=8, replay=0.25, eval_fraction=0.3,
+                                        keep_last=True),
                 gate_policy={"forgetting": {"max_examples": 48, "answers": 6, "max_new_tokens": 24},
                              "evaluators": ["heldout", "preference", "forgetting", "golden"],
                              "heldout": {"max_examples": 64}, "preference": {"max_examples": 64}})
