@@ -97,7 +97,8 @@ class Stages:
             yield advance
         finally:
             self.times[name] = round(time.monotonic() - started, 1)
-            self.progress.update(task, completed=self.progress.tasks[task].total or 1, total=self.progress.tasks[task].total or 1,
+            done = self.progress.tasks[task].total or 1
+            self.progress.update(task, completed=done, total=done,
                                  description=f"{name} [dim]({self.times[name]:.0f}s)[/]")
 
 
@@ -448,7 +449,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "general_answer_drop": _verdict(_drop(rows["general"]), TARGETS["forgetting_loss_increase"], at_least=False),
     }
     return {"accuracy": rows, "gate_figures": figures, "forgetting_loss_increase": loss_increase,
-            "targets": targets, "promoted": results.get("promoted"), "forced": results.get("forced"), "run_status": (results.get("run") or {}).get("status"),
+            "targets": targets, "promoted": results.get("promoted"), "forced": results.get("forced"),
+            "run_status": (results.get("run") or {}).get("status"),
             "gate_reasons": gate.get("reasons"), "corrected_items": sorted(corrected_any)}
 
 
