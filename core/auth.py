@@ -13,7 +13,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session, select
 
-from core.db import SessionDep
+from core.db import session_scope
 from core.models import Role, User
 from core.settings import get_settings
 
@@ -109,10 +109,16 @@ def check_csrf(request: Request, token: str) -> bool:
 
 def current_user(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
-    """The caller: from the Bearer key, or else from the web UI's session cookie (+ CSRF on writes)."""
+    """The caller: from the Bearer key, or else from the web UI's session cookie (+ CSRF on writes).
+
+    Uses its own short session, so a long request (a chat being generated) holds no connection."""
+    with session_scope() as session:
+        return _authenticate(request, session, credentials)
+
+
+def _authenticate(request: Request, session: Session, credentials: HTTPAuthorizationCredentials | None) -> User:
     if credentials is None:
         token = request.cookies.get(SESSION_COOKIE)
         if token is None:
