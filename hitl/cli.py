@@ -65,7 +65,7 @@ def users_create(
 
 @app.command()
 def demo(
-    quick: bool = typer.Option(False, "--quick", help="Smoke test (≤ 3 min): fewer questions, shorter training."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke test for CI: 8 questions, 1 paraphrase each, short training."),
     base_model: str = typer.Option(None, help="Base checkpoint (default the converted SmolLM2-135M-Instruct)."),
     data_dir: str = typer.Option(None, help="Fresh data dir for the demo (default HITL_DATA_DIR/demo/<time>)."),
     seed: int = typer.Option(7, help="Scenario seed (questions, noise)."),
