@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_concurrency import KEY, ROOT, Server, free_port  # noqa: E402
+from bench_concurrency import KEY, ROOT, Server  # noqa: E402
 
 BODY = {"model": "hitl", "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "max_tokens": 8, "temperature": 0}

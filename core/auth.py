@@ -51,8 +51,6 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 @lru_cache
 def _secret_for(path: Path) -> bytes:
     """Signing secret shared by every worker using this data dir (created once, mode 0600)."""
-    if env := os.environ.get("HITL_SESSION_SECRET"):
-        return env.encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -69,7 +67,10 @@ def _secret_for(path: Path) -> bytes:
 
 
 def session_secret() -> bytes:
-    return _secret_for(get_settings().data_dir.resolve() / "session.secret")
+    settings = get_settings()
+    if settings.session_secret:
+        return settings.session_secret.encode()
+    return _secret_for(settings.data_dir.resolve() / "session.secret")
 
 
 def _sign(message: str) -> str:

@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     canary_share: float = Field(0.0, ge=0, le=1, description="Share of new conversations sent to the `challenger`.")
 
     log_format: Literal["text", "json"] = Field("text", description="`json` for one structured object per line.")
+    session_secret: str | None = Field(
+        None, description="Signs the web UI's session cookies; generated into data_dir if unset (replicas: share it).")
+    retrain_cron: str = Field("0 2 * * *", description="Crontab of the scheduled retrain (default nightly, 02:00).")
+    retrain_timezone: str = Field("UTC", description="Time zone of retrain_cron.")
+    retrain_misfire_grace_s: int = Field(
+        7 * 24 * 3600, description="A missed trigger still runs (once) at start-up if it is at most this old.")
+    retrain_min_feedback: int = Field(
+        20, description="Scheduled runs need this much new feedback since the last run; else skipped.")
+    retrain_config: Path | None = Field(None, description="YAML file with RetrainConfig values.")
+    retrain_stale_s: int = Field(300, description="A queued run with no process this long is resumed.")
     scheduler_enabled: bool = Field(True, description="Run the retrain scheduler inside `hitl serve`.")
     gate_policy: Path | None = Field(None, description="YAML gate policy merged over evaluators/policy.yaml.")
 

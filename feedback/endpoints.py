@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from core.auth import AdminUser, ReviewerUser, ServiceUser
+from core.auth import AdminUser, ReviewerUser
 from core.db import SessionDep
 from core.settings import Settings, get_settings
 from feedback import idempotency, ingest, quality, service

@@ -11,8 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import HTTPException, status
-from sqlalchemy import delete, exists, func, insert, or_, update
-from sqlalchemy import select as sa_select
+from sqlalchemy import delete, exists, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -20,7 +19,7 @@ from core.models import Role, User, utcnow
 from core.settings import Settings
 from feedback.models import (
     AuditEvent, Candidate, Comment, Comparison, ComparisonChoice, Correction, Deletion, Flag, IdempotencyRecord,
-    Rating, ReviewClaim, ReviewClaimStatus, ReviewItem, ReviewItemStatus, Thumbs, ThumbsSource, ThumbsValue,
+    Rating, ReviewClaim, ReviewClaimStatus, ReviewItem, ReviewItemStatus, Thumbs, ThumbsValue,
 )
 from service.models import Conversation, Message
 

@@ -18,7 +18,6 @@ from retrain.datasets import endpoints as datasets_endpoints
 from retrain.training import endpoints as retrain_endpoints
 from retrain.training.tasks import start_embedded_scheduler, stop_scheduler
 from service import endpoints as service_endpoints
-from service import service
 from service.backends import Backend
 from service.tasks import follow_champion
 

@@ -8,33 +8,12 @@ to `None` = decided by `hardware.py` for the machine the run lands on.
 
 import dataclasses
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-class RetrainSettings(BaseSettings):
-    """Scheduler and retrain knobs read from `HITL_*` environment variables."""
-
-    model_config = SettingsConfigDict(env_prefix="HITL_", env_file=".env", extra="ignore")
-
-    retrain_cron: str = Field("0 2 * * *", description="Crontab of the scheduled retrain (default nightly, 02:00).")
-    retrain_timezone: str = Field("UTC", description="Time zone of retrain_cron.")
-    retrain_misfire_grace_s: int = Field(
-        7 * 24 * 3600, description="A missed trigger still runs (once) at start-up if it is at most this old.")
-    retrain_min_feedback: int = Field(
-        20, description="Scheduled runs need this much new feedback since the last run; else skipped.")
-    retrain_config: Path | None = Field(None, description="YAML file with RetrainConfig values.")
-    retrain_stale_s: int = Field(300, description="A queued run with no process this long is resumed.")
-
-
-@lru_cache
-def get_retrain_settings() -> RetrainSettings:
-    return RetrainSettings()
+from core.settings import get_settings
 
 
 def _help(text: str, **kw) -> Any:
@@ -219,7 +198,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 data: dict[str, Any] | None = None) -> RetrainConfig:
     """Defaults < YAML file (argument, else HITL_RETRAIN_CONFIG) < `key=value` overrides < `data`."""
     config = RetrainConfig()
-    path = path or get_retrain_settings().retrain_config
+    path = path or get_settings().retrain_config
     if path:
         config = from_dict(yaml.safe_load(Path(path).read_text()) or {}, config)
     if overrides:

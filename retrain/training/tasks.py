@@ -21,7 +21,7 @@ from core.db import session_scope
 from core.models import utcnow
 from core.settings import Settings, get_settings
 from retrain.training import service
-from retrain.training.config import ConfigError, get_retrain_settings, load_config, to_dict
+from retrain.training.config import ConfigError, load_config, to_dict
 from retrain.training.models import SCHEDULER_TABLE, RetrainRun, RunStatus, RunTrigger
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def cron_slot(cron: str, tz: str = "UTC", now: datetime | None = None) -> str:
 def scheduled_retrain() -> int | None:
     """The scheduler's job: one run per cron slot; skipped (with the reason) when too little new feedback
     or when a retrain is running; else executed in its own process. Returns the run id, if any."""
-    settings, rs = get_settings(), get_retrain_settings()
+    settings = rs = get_settings()
     slot = cron_slot(rs.retrain_cron, rs.retrain_timezone)
     try:
         with session_scope() as session:
@@ -118,7 +118,7 @@ def scheduled_retrain() -> int | None:
 
 def resume_interrupted(wait: bool = False) -> list[int]:
     """Relaunch runs whose process died (status running, no live process, lock free) or that never started."""
-    settings, rs = get_settings(), get_retrain_settings()
+    settings = rs = get_settings()
     if service.RetrainLock(settings).held_elsewhere():
         return []
     stale = utcnow() - timedelta(seconds=rs.retrain_stale_s)
@@ -145,7 +145,7 @@ def build_scheduler(settings: Settings | None = None, *, cron: str | None = None
     from apscheduler.schedulers.background import BackgroundScheduler
 
     settings = settings or get_settings()
-    rs = get_retrain_settings()
+    rs = get_settings()
     scheduler = BackgroundScheduler(
         jobstores={"default": SQLAlchemyJobStore(url=settings.db_url, tablename=SCHEDULER_TABLE)},
         executors={"default": ThreadPoolExecutor(2)},
@@ -161,7 +161,7 @@ def start_scheduler(scheduler) -> None:
     with a past `next_run_time` keeps it, so a missed trigger fires once now."""
     from apscheduler.triggers.cron import CronTrigger
 
-    rs = get_retrain_settings()
+    rs = get_settings()
     trigger = CronTrigger.from_crontab(scheduler.hitl_cron, timezone=rs.retrain_timezone)
     scheduler.start(paused=True)
     job = scheduler.get_job(JOB_ID)

@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from core.db import session_scope
 from retrain.training import tasks
-from retrain.training.config import get_retrain_settings
+from core.settings import get_settings
 from retrain.training.models import RetrainRun, RunStatus, RunTrigger
 
 
@@ -27,9 +27,9 @@ def launched(monkeypatch, settings):
 
     monkeypatch.setattr(tasks, "launch", fake_launch)
     monkeypatch.setenv("HITL_RETRAIN_MIN_FEEDBACK", "0")
-    get_retrain_settings.cache_clear()
+    get_settings.cache_clear()
     yield calls
-    get_retrain_settings.cache_clear()
+    get_settings.cache_clear()
 
 
 def scheduled_runs() -> list[RetrainRun]:
@@ -47,7 +47,7 @@ def store_missed_job(settings, days: int = 3) -> None:
     store.start(scheduler, "default")
     store.add_job(Job(scheduler, id=tasks.JOB_ID, func="retrain.training.tasks:scheduled_retrain",
                       trigger=CronTrigger.from_crontab(scheduler.hitl_cron), executor="default", args=(), kwargs={},
-                      name="nightly retrain", misfire_grace_time=get_retrain_settings().retrain_misfire_grace_s,
+                      name="nightly retrain", misfire_grace_time=get_settings().retrain_misfire_grace_s,
                       coalesce=True, max_instances=1,
                       next_run_time=datetime.now(UTC) - timedelta(days=days, minutes=1)))
     store.shutdown()
@@ -93,7 +93,7 @@ def test_two_schedulers_at_once_make_exactly_one_run(settings, launched):
 
 def test_too_little_new_feedback_is_skipped_with_the_reason(settings, launched, monkeypatch):
     monkeypatch.setenv("HITL_RETRAIN_MIN_FEEDBACK", "5")
-    get_retrain_settings.cache_clear()
+    get_settings.cache_clear()
     run_id = tasks.scheduled_retrain()
     with session_scope() as session:
         run = session.get(RetrainRun, run_id)
