@@ -19,3 +19,9 @@ def canary_job() -> dict:
     if result["decision"] not in ("none", "wait"):
         log.info("canary: %s", result.get("reason"))
     return result
+
+
+def schedule(scheduler, every_minutes: int = 5) -> None:
+    """Add the canary check to a running APScheduler (stored by reference, so any process can run it)."""
+    scheduler.add_job("evaluators.tasks:canary_job", "interval", minutes=every_minutes, id="hitl-canary",
+                      name="canary decision", replace_existing=True)

@@ -12,6 +12,7 @@ from core.db import migrate, session_scope
 from core.models import Role, User
 from core.settings import Settings, get_settings
 from evaluators import endpoints as evaluators_endpoints
+from evaluators import tasks as evaluators_tasks
 from feedback import endpoints as feedback_endpoints
 from hitl.ui import endpoints as ui_endpoints
 from retrain.datasets import endpoints as datasets_endpoints
@@ -57,6 +58,8 @@ def create_app(backend: Backend | None = None) -> FastAPI:
         await app.state.backend.start()
         watcher = asyncio.create_task(follow_champion(app.state.backend))
         scheduler = await asyncio.to_thread(start_embedded_scheduler, settings)
+        if scheduler is not None:
+            evaluators_tasks.schedule(scheduler)
         try:
             yield
         finally:

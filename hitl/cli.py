@@ -8,8 +8,8 @@ from core.models import Role
 from core.settings import get_settings
 from evaluators import cli as evaluators_cli
 from feedback import cli as feedback_cli
-from retrain.datasets import cli as datasets_cli
 from hitl import pipeline
+from retrain.datasets import cli as datasets_cli
 from retrain.training import cli as retrain_cli
 from service import cli as service_cli
 
@@ -23,7 +23,6 @@ app.add_typer(datasets_cli.app, name="dataset")
 app.add_typer(retrain_cli.app, name="retrain")
 retrain_cli.app.command("execute", hidden=True)(pipeline.execute_command)
 retrain_cli.app.command("train-stages", hidden=True)(pipeline.train_stages_command)
-app.command("scheduler")(retrain_cli.scheduler)
 
 users = typer.Typer(help="Manage API users and keys.", no_args_is_help=True)
 app.add_typer(users, name="users")
@@ -46,6 +45,33 @@ def serve(
 
         ensure_base_model(settings)
     uvicorn.run(create_app(), host=host or settings.host, port=port or settings.port, log_level="info")
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the scheduled jobs (nightly retrain, canary decisions) as a dedicated process. For production;
+    set HITL_SCHEDULER_ENABLED=false on the API servers (or keep both: the retrain lock admits one run)."""
+    import signal
+    import sys
+    import time
+
+    from evaluators import tasks as evaluators_tasks
+    from retrain.training import tasks as retrain_tasks
+
+    logs.configure(get_settings().log_format)
+    migrate()
+    sched = retrain_tasks.build_scheduler()
+    retrain_tasks.start_scheduler(sched)
+    evaluators_tasks.schedule(sched)
+    typer.echo(f"scheduler: retrain cron '{sched.hitl_cron}', next run {sched.get_job(retrain_tasks.JOB_ID).next_run_time}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        retrain_tasks.stop_scheduler(sched)
 
 
 @users.command("create")

@@ -1,7 +1,5 @@
 """`hitl retrain …` and `hitl scheduler`."""
 
-import signal
-import sys
 import time
 from pathlib import Path
 
@@ -98,23 +96,3 @@ def _settings():
     from core.settings import get_settings
 
     return get_settings()
-
-
-def scheduler() -> None:
-    """Run the retrain scheduler as a dedicated process (production; set HITL_SCHEDULER_ENABLED=false on
-    the API servers or keep both: the database lock and per-slot runs keep it to one run)."""
-    from core import logs
-
-    logs.configure(_settings().log_format)
-    migrate()
-    sched = tasks.build_scheduler()  # background threads; this thread just waits (a BlockingScheduler's
-    tasks.start_scheduler(sched)      # start() would block before the job is added)
-    console.print(f"retrain scheduler: cron '{sched.hitl_cron}', next run {sched.get_job(tasks.JOB_ID).next_run_time}")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        while True:
-            time.sleep(3600)
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        tasks.stop_scheduler(sched)
