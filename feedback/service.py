@@ -380,17 +380,31 @@ def claim(session: Session, reviewer: User, settings: Settings) -> ReviewClaim |
         .order_by(col(ReviewItem.priority), col(ReviewItem.created_at), col(ReviewItem.message_id))
         .limit(1)
     )
-    if session.get_bind().dialect.name == "postgresql":
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres:
         query = query.with_for_update(skip_locked=True, of=ReviewItem)
-    item = session.exec(query).first()
-    if item is None:
-        return None
+    passed_over: list[str] = []
+    while True:
+        item = session.exec(query.where(col(ReviewItem.message_id).not_in(passed_over))).first()
+        if item is None:
+            return None
+        # PostgreSQL: the row lock was taken after this statement's snapshot, so a claim committed in
+        # between is invisible to it; count again (a new snapshot) now that the item is locked.
+        if not postgres or _claims_taken(session, item.message_id, now) < item.required_reviews:
+            break
+        passed_over.append(item.message_id)
     row = ReviewClaim(message_id=item.message_id, reviewer_id=reviewer.id,
                       lease_expires_at=now + timedelta(minutes=settings.review_lease_minutes))
     session.add(row)
     session.flush()
     audit(session, reviewer, "claim.create", "reviewclaim", row.id, item.message_id, after=snapshot(row))
     return row
+
+
+def _claims_taken(session: Session, message_id: str, now) -> int:
+    return session.execute(select(func.count()).select_from(ReviewClaim).where(
+        ReviewClaim.message_id == message_id,
+        or_(ReviewClaim.status == ReviewClaimStatus.submitted, _held(now)))).scalar_one()
 
 
 def held_claim(session: Session, user: User, message_id: str) -> ReviewClaim:
