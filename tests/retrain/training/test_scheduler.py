@@ -81,7 +81,7 @@ def test_two_schedulers_at_once_make_exactly_one_run(settings, launched):
     tasks.start_scheduler(a)
     tasks.start_scheduler(b)
     try:
-        wait_until(lambda: launched)
+        wait_until(lambda: launched, timeout=90)  # SQLite: the schedulers may wait out each other's write lock
         time.sleep(1.5)
         assert len(scheduled_runs()) == 1 and len(launched) == 1
     finally:
