@@ -18,19 +18,19 @@ import threading
 import time
 from concurrent.futures import Future
 from typing import Annotated
-from sqlalchemy import create_engine, event
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.pool import StaticPool
+
 from fastapi import Depends, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy import create_engine, event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
 from core.auth import bearer, hash_key, user_for_key
-from core.db import session_scope
+from core.db import session_scope, sqlite_pragmas
 from core.models import Role
-from core.settings import get_settings
-from core.settings import Settings
+from core.settings import Settings, get_settings
 from feedback import service
 from feedback.service import Outcome, ThumbsWrite
 
@@ -101,12 +101,7 @@ def _writer_engine(url: str):
     if not url.startswith("sqlite"):
         return create_engine(url, poolclass=StaticPool)  # a broken connection is invalidated and reopened
     engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False, "timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record) -> None:  # same durability as core.db: WAL + synchronous=FULL
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000"):
-            dbapi_conn.execute(f"PRAGMA {pragma}")
-
+    event.listen(engine, "connect", sqlite_pragmas)  # the same durability as every other connection
     return engine
 
 
