@@ -22,10 +22,12 @@ pytestmark = [
 
 @pytest.fixture(autouse=True)
 def short_replies(settings, monkeypatch):
-    """Candidate replies of the tiny model stay short (runs before `live_server` reads the settings)."""
+    """Candidate replies of the tiny model stay short, and no random calibration sample changes the queue
+    counts the tests read (runs before `live_server` reads the settings)."""
     from core.settings import get_settings
 
     monkeypatch.setenv("HITL_MAX_TOKENS", "12")
+    monkeypatch.setenv("HITL_REVIEW_CALIBRATION_RATE", "0")
     get_settings.cache_clear()
 
 
