@@ -73,6 +73,16 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _answers(d: dict) -> str:
+    """The forgetting gate's answer check in words."""
+    if "answers_known_by_champion" not in d:
+        return "–"
+    return (f"of {d['answers']} prompts the champion answered {d['answers_known_by_champion']}; the candidate lost "
+            f"{d['answers_lost']} of them ({_pct(d['answer_drop'])}, at most {_pct(d['max_answer_drop'])} allowed) "
+            f"and gained {d['answers_gained']}" + (f": lost {html.escape('; '.join(d['lost_prompts']))}"
+                                                   if d.get("lost_prompts") else ""))
+
+
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.0%}"
 
@@ -127,6 +137,7 @@ def render(results: dict[str, Any]) -> str:
                  f"<tr><th>forgetting set loss</th><td>champion {_fmt(g['forgetting']['champion'])} → candidate "
                  f"{_fmt(g['forgetting']['candidate'])} ({_fmt(g['forgetting']['metric'])} "
                  f"{_fmt(g['forgetting']['value'])})</td></tr>"
+                 f"<tr><th>forgetting set answers</th><td>{_answers(g['forgetting'].get('details') or {})}</td></tr>"
                  f"<tr><th>gate reasons</th><td>{_fmt(s.get('gate_reasons') or 'none')}</td></tr>"
                  f"<tr><th>plan</th><td><small>{e(json.dumps((run.get('plan') or {}).get('stages'), default=str))}"
                  "</small></td></tr>"
@@ -212,13 +223,13 @@ def why(results: dict[str, Any]) -> str:
         notes.append("The general set's loss rose more than 5%: more replay (snapshot option `replay_fraction`) or "
                      "a lower learning rate.")
     if t.get("general_answer_drop", {}).get("met") is False and measured_candidate:
-        notes.append("The model forgot answers it knew: on the demo's general set (questions the base model "
-                     "answered right) fewer replies contain the right answer after training. The corrections "
-                     "are terse corpus answers, and the model learned that style: it now answers everything in "
-                     "a few words, and for facts it holds weakly the short answer is wrong. The gate's forgetting "
-                     "check measures loss on reference answers, which this style shift lowers, so it did not "
-                     "catch it. Remedies: corrections written as full sentences, a larger replay share, fewer "
-                     "epochs, and an answer-level forgetting gate.")
+        lost = [g["id"] for g in results["general"]
+                if results["before"]["general"].get(g["id"], {}).get("correct")
+                and not results["after"]["general"].get(g["id"], {}).get("correct")]
+        notes.append(f"The model forgot answers it knew: {len(lost)} questions of the demo's general set that the "
+                     f"base model answered right are now answered wrongly ({', '.join(lost)}; see the table below). "
+                     "Remedies: more replay (approved replies, snapshot option `replay_fraction`), fewer epochs or a "
+                     "lower learning rate.")
     if t["corrected_train"]["met"] is None:
         notes.append("No corrected question reached the SFT train split, so the main target could not be measured.")
     return " ".join(notes) or "All measured targets are met."

@@ -39,6 +39,7 @@ class Profile:
     """How big the scenario is. `quick` keeps every stage but shrinks data, training and gates."""
 
     items: int
+    everyday: int             # questions the base model answers well, asked too: reviewers approve them
     paraphrases: int          # per corrected question, asked only after training (never reviewed)
     general: int              # forgetting check: questions the base model already answers
     compare_budget: int       # candidate generations are slow on CPU: cap the comparisons
@@ -47,30 +48,26 @@ class Profile:
     gate_policy: dict[str, Any] = field(default_factory=dict)
 
 
-def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fraction: float,
-                    keep_last: bool = False) -> dict:
-    extra = {"eval_strategy": "no"} if keep_last else {}
+def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fraction: float) -> dict:
     return {
         "methods": ["sft"],
         "sft": {"learning_rate": lr, "num_train_epochs": epochs, "effective_batch_size": batch,
-                "per_device_train_batch_size": batch, "early_stopping_patience": 0, "min_rows": 1,
-                "max_length": 256, "warmup_ratio": 0.05, "lr_scheduler_type": "linear",
-                # keep_last: evaluate only before and after training, so the last step is kept. The eval
-                # split holds *other* facts; with one or two eval conversations (quick) the trainer's
-                # best-eval-loss checkpoint is noise and can stop before the corrections are learned.
-                "extra": extra},
+                "per_device_train_batch_size": batch, "min_rows": 1, "max_length": 256, "warmup_ratio": 0.05,
+                "lr_scheduler_type": "linear",
+                # the eval split holds *other* facts than the train split: its best-loss checkpoint can come
+                # before the corrections are learned, so the last step becomes the candidate
+                "keep": "last"},
         "snapshot_options": {"replay_fraction": replay, "eval_fraction": eval_fraction},
         "save_steps": 10_000, "logging_steps": 1,
     }
 
 
-FULL = Profile(items=32, paraphrases=2, general=24, compare_budget=4, max_tokens=48,
+FULL = Profile(items=32, everyday=16, paraphrases=2, general=24, compare_budget=4, max_tokens=48,
                retrain=_retrain_config(epochs=6, lr=1.5e-3, batch=8, replay=0.25, eval_fraction=0.15),
                gate_policy={"forgetting": {"max_examples": 64, "answers": 8, "max_new_tokens": 32},
                             "evaluators": ["heldout", "preference", "forgetting", "golden"]})
-QUICK = Profile(items=8, paraphrases=1, general=6, compare_budget=1, max_tokens=32,
-                retrain=_retrain_config(epochs=8, lr=1.5e-3, batch=8, replay=0.25, eval_fraction=0.3,
-                                        keep_last=True),
+QUICK = Profile(items=8, everyday=4, paraphrases=1, general=6, compare_budget=1, max_tokens=32,
+                retrain=_retrain_config(epochs=8, lr=1.5e-3, batch=8, replay=0.25, eval_fraction=0.3),
                 gate_policy={"forgetting": {"max_examples": 48, "answers": 6, "max_new_tokens": 24},
                              "evaluators": ["heldout", "preference", "forgetting", "golden"],
                              "heldout": {"max_examples": 64}, "preference": {"max_examples": 64}})
@@ -209,12 +206,15 @@ def thread_env() -> dict[str, str]:
     return {"HITL_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def select(profile: Profile, seed: int) -> tuple[list[Item], list[Item]]:
-    items, general = scenario.load_items(), scenario.load_general()
+def select(profile: Profile, seed: int) -> tuple[list[Item], list[Item], list[Item]]:
+    """(corpus questions to correct, everyday questions users also ask, the general set to measure)."""
     rng = random.Random(seed)
-    items = sorted(rng.sample(items, min(profile.items, len(items))), key=lambda i: i.id)
-    general = sorted(rng.sample(general, min(profile.general, len(general))), key=lambda i: i.id)
-    return items, general
+
+    def pick(pool: list[Item], n: int) -> list[Item]:
+        return sorted(rng.sample(pool, min(n, len(pool))), key=lambda i: i.id)
+
+    return (pick(scenario.load_items(), profile.items), pick(scenario.load_everyday(), profile.everyday),
+            pick(scenario.load_general(), profile.general))
 
 
 def measure(client: httpx.Client, items: list[Item], general: list[Item], paraphrases: int, max_tokens: int,
@@ -258,12 +258,14 @@ def snapshot_membership(snapshot_path: str | None, items: list[Item]) -> dict[st
 
 def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: int, port: int,
              progress: Progress, stages: Stages, measure_rejected: bool = True) -> dict[str, Any]:
-    items, general = select(profile, seed)
-    answer_key = {i.question.strip(): i for i in items}
+    items, everyday, general = select(profile, seed)
+    answer_key = {i.question.strip(): i for i in items + everyday}
     results: dict[str, Any] = {"profile": asdict(profile), "data_dir": str(data_dir), "seed": seed,
                                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    # two reviews per item (agreement); short default replies (candidates for comparisons use it)
-    extra_env = {"HITL_REVIEW_K": "2", "HITL_MAX_TOKENS": str(2 * profile.max_tokens), **thread_env()}
+    # two reviews per item (agreement); every reply queued for review (a small chatbot's operator reviews
+    # all traffic); short default replies (candidates for comparisons use it)
+    extra_env = {"HITL_REVIEW_K": "2", "HITL_REVIEW_CALIBRATION_RATE": "1",
+                 "HITL_MAX_TOKENS": str(2 * profile.max_tokens), **thread_env()}
     results["server_env"] = dict(extra_env)
     if profile.gate_policy:
         policy = data_dir / "gate-policy.json"  # JSON is YAML
@@ -280,17 +282,18 @@ def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: 
             front = server.client(service_key)
             results["base_version"] = admin.get("/readyz").json().get("model_version")
 
-        with stages.stage("end users ask", total=len(items)) as advance:
-            users = [EndUser(f"user-{n:02d}", random.Random(seed * 100 + n)) for n in range(len(items))]
-            asked = ask_all(front, [(i.question, users[k].name) for k, i in enumerate(items)],
+        traffic = items + everyday
+        with stages.stage("end users ask", total=len(traffic)) as advance:
+            users = [EndUser(f"user-{n:02d}", random.Random(seed * 100 + n)) for n in range(len(traffic))]
+            asked = ask_all(front, [(i.question, users[k].name) for k, i in enumerate(traffic)],
                             profile.max_tokens, advance)
             thumbs = []
-            for k, (item, answer) in enumerate(zip(items, asked)):
+            for k, (item, answer) in enumerate(zip(traffic, asked)):
                 value = users[k].thumbs(front, answer["message_id"], is_correct(answer["text"], item.keys))
                 thumbs.append(value)
             results["asked"] = [{"item": i.id, "question": i.question, "text": a["text"], "thumbs": t,
                                  "correct": is_correct(a["text"], i.keys), "message_id": a["message_id"]}
-                                for i, a, t in zip(items, asked, thumbs)]
+                                for i, a, t in zip(traffic, asked, thumbs)]
 
         with stages.stage("reviews", total=None) as advance:
             reviewers = scenario.make_reviewers(keys, seed, compare_rate=0.3)
@@ -364,6 +367,7 @@ def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: 
     finally:
         server.stop()
     results["items"] = [asdict(i) for i in items]
+    results["everyday"] = [asdict(i) for i in everyday]
     results["general"] = [asdict(g) for g in general]
     return results
 
@@ -481,6 +485,11 @@ def print_summary(summary: dict[str, Any], times: dict[str, float], report: Path
                   f"{figures['heldout_loss']['candidate']}")
     inc = summary["forgetting_loss_increase"]
     console.print(f"forgetting-set loss change (gate): {('–' if inc is None else f'{inc:+.1%}')}")
+    answers = figures["forgetting"].get("details") or {}
+    if "answers_known_by_champion" in answers:
+        console.print(f"forgetting-set answers (gate): the candidate lost {answers['answers_lost']} of the "
+                      f"{answers['answers_known_by_champion']} the champion answered, "
+                      f"gained {answers['answers_gained']}")
     for name, verdict in summary["targets"].items():
         mark = {True: "[green]met[/]", False: "[red]NOT met[/]", None: "[yellow]not measured[/]"}[verdict["met"]]
         value = "–" if verdict["value"] is None else f"{verdict['value']:.1%}"

@@ -19,13 +19,15 @@ DATA = Path(__file__).resolve().parent / "data"
 
 @dataclass(frozen=True)
 class Item:
-    """One corpus question with its answer, the phrases that count as correct, and unseen paraphrases."""
+    """One question with its answer, the reply a reviewer writes when correcting (a full sentence), the
+    phrases that count as correct, and paraphrases nobody reviews."""
 
     id: str
     question: str
     answer: str
     keys: tuple[str, ...]
     paraphrases: tuple[str, ...] = ()
+    correction: str = ""
 
 
 def _load(name: str) -> list[Item]:
@@ -34,7 +36,7 @@ def _load(name: str) -> list[Item]:
         if line.strip():
             row = json.loads(line)
             items.append(Item(row["id"], row["question"], row["answer"], tuple(row["keys"]),
-                              tuple(row.get("paraphrases", ()))))
+                              tuple(row.get("paraphrases", ())), row.get("correction") or row["answer"]))
     return items
 
 
@@ -43,8 +45,13 @@ def load_items() -> list[Item]:
     return _load("trivia.jsonl")
 
 
+def load_everyday() -> list[Item]:
+    """Questions the base model already answers that end users ask too: reviewers approve those replies."""
+    return _load("everyday.jsonl")
+
+
 def load_general() -> list[Item]:
-    """Questions the base model already answers: the demo's own forgetting check (never reviewed)."""
+    """Questions the base model already answers: the demo's own forgetting check (never asked by users)."""
     return _load("general.jsonl")
 
 
@@ -157,8 +164,8 @@ class Reviewer:
         client.post(f"{item_url}/rating", json={"scores": scores}).raise_for_status()
         done["scores"] = scores
         if not correct and not self.unreliable and self.rng.random() < self.correct_rate:
-            client.post(f"{item_url}/correction", json={"content": item.answer}).raise_for_status()
-            done["correction"] = item.answer
+            client.post(f"{item_url}/correction", json={"content": item.correction}).raise_for_status()
+            done["correction"] = item.correction
         if not correct and self.rng.random() < self.flag_rate:
             client.post(f"{item_url}/flag", json={"tags": ["hallucination"],
                                                   "comment": "States a wrong fact."}).raise_for_status()

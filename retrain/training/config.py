@@ -44,6 +44,9 @@ class MethodConfig:
         "Modules that get LoRA ('all-linear' or a list of names).", default="all-linear")
     early_stopping_patience: int = _help(
         "Stop when eval loss has not improved for this many evaluations (one per epoch); 0: never.", default=2)
+    keep: str = _help("Adapter that becomes the candidate: 'best' (lowest eval loss) or 'last' (the final step; "
+                      "early stopping off). 'last' suits an eval split of other facts than the corrections.",
+                      default="best")
     min_rows: int = _help("The plan trains this method only with at least this many train rows.", default=8)
     extra: dict[str, Any] = _help(
         "Extra keyword arguments passed verbatim to the TRL config (e.g. {optim: adamw_torch_fused}).",
@@ -218,6 +221,8 @@ def validate(config: RetrainConfig) -> RetrainConfig:
         opts = getattr(config, name)
         if opts.learning_rate <= 0 or opts.effective_batch_size < 1 or opts.lora_r < 1 or opts.max_length < 8:
             raise ConfigError(f"{name}: learning_rate, effective_batch_size, lora_r and max_length must be positive")
+        if opts.keep not in ("best", "last"):
+            raise ConfigError(f"{name}: keep must be 'best' or 'last'")
     if config.save_steps < 1 or config.logging_steps < 1:
         raise ConfigError("save_steps and logging_steps must be >= 1")
     return config

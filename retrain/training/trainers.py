@@ -274,7 +274,8 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
     from datasets import Dataset
 
     _, trainer_cls = trl_classes(method, hw.device)
-    recorder = Recorder(out, sink, tag, opts.early_stopping_patience if eval_ds else 0, config.max_wall_s)
+    patience = opts.early_stopping_patience if eval_ds and opts.keep == "best" else 0
+    recorder = Recorder(out, sink, tag, patience, config.max_wall_s)
     tb = TensorBoardCallback(tb_writer=SummaryWriter(str(out.parent.parent / "tb" / tag)))
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_ds),
                           eval_dataset=Dataset.from_list(eval_ds) if eval_ds else None,
@@ -290,7 +291,7 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
     step = trainer.state.global_step
     if eval_ds and recorder.last_eval_step != step:  # e.g. stopped by max_steps between epochs
         trainer.evaluate()
-    if not adapters.is_adapter(out / "best"):  # no eval split (or no improvement): keep the last step
+    if opts.keep == "last" or not adapters.is_adapter(out / "best"):  # or no eval split / no improvement
         save_adapter(trainer.model, out / "best")
     best = recorder.best if math.isfinite(recorder.best) else None
     underfit = None

@@ -16,16 +16,28 @@ def test_match_is_whole_words_case_and_punctuation_insensitive():
 
 
 def test_shipped_data_is_consistent_and_disjoint():
-    items, general = scenario.load_items(), scenario.load_general()
-    assert len(items) >= 30 and len(general) >= 20
-    ids = [i.id for i in items + general]
+    items, everyday, general = scenario.load_items(), scenario.load_everyday(), scenario.load_general()
+    assert len(items) >= 30 and len(everyday) >= 10 and len(general) >= 20
+    ids = [i.id for i in items + everyday + general]
     assert len(ids) == len(set(ids))
-    questions = {i.question for i in items}
-    assert not questions & {g.question for g in general}
+    sets = [{i.question.lower() for i in part} for part in (items, everyday, general)]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
     for item in items:
         assert item.keys and len(item.paraphrases) >= 1
-        assert scenario.is_correct(item.answer, item.keys), item  # the correction itself counts as correct
-        assert item.question not in item.paraphrases
+        assert scenario.is_correct(item.answer, item.keys), item  # the corpus answer counts as correct
+        assert scenario.is_correct(item.correction, item.keys), item  # and so does the reviewers' sentence
+        assert item.correction != item.answer and item.question not in item.paraphrases
+
+
+def test_demo_questions_are_not_in_the_products_general_data():
+    """The replay pool and the forgetting set ship with the product; a demo question in either would leak
+    its answer into training (or score the demo's own facts as 'general knowledge')."""
+    from retrain.datasets.replay import forgetting_set, general_examples
+
+    shipped = {r["messages"][0]["content"].strip().lower() for r in general_examples() + forgetting_set()}
+    demo = {i.question.strip().lower() for part in (scenario.load_items(), scenario.load_everyday(),
+                                                    scenario.load_general()) for i in part}
+    assert not demo & shipped, sorted(demo & shipped)
 
 
 def _results(tmp_path):

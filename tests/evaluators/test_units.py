@@ -1,11 +1,12 @@
 """Evaluator pieces without a database: thresholds, CIs, golden checks, the judge, the canary test, the policy."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from evaluators import canary, gate, golden, judge
+from evaluators import canary, forgetting, gate, golden, judge
 from evaluators.context import Context
 from evaluators.result import EvalResult, check, mean_ci
 
@@ -64,6 +65,33 @@ def test_golden_regression_fails_the_gate(tmp_path):
     assert same.details["regressions"] == ["b"]
     tolerant = golden.run(Context(candidate=worse, champion=champion), {"path": str(path), "max_regressions": 1})
     assert tolerant.passed is True
+
+
+def test_answer_states_the_reference_beyond_what_the_question_says():
+    ask = [{"role": "user", "content": "What is the capital of Japan?"}]
+    assert forgetting.states("Tokyo is the capital of Japan.", ask, "The capital of Japan is Tokyo.") is True
+    assert forgetting.states("The capital of Japan is Kyoto.", ask, "The capital of Japan is Tokyo.") is False
+    assert forgetting.states("Anything.", ask, "The capital of Japan.") is None  # reference adds nothing
+
+
+def test_forgetting_gate_catches_lost_answers_that_loss_misses(tmp_path):
+    questions = {"What is the capital of France?": "Paris", "Who wrote Hamlet?": "William Shakespeare",
+                 "What do bees make?": "Honey", "Hi!": "Hello"}
+    path = tmp_path / "general.jsonl"
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in questions.items()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    champion = StubScorer("champ", {"What is the capital of France?": "The capital of France is Paris.",
+                                    "Who wrote Hamlet?": "Hamlet was written by William Shakespeare.",
+                                    "What do bees make?": "Bees make wax."})
+    terse = StubScorer("cand", {"What is the capital of France?": "Paris.", "Who wrote Hamlet?": "Nixon.",
+                                "What do bees make?": "Honey."})
+    result = forgetting.run(Context(candidate=terse, champion=champion), {"path": str(path)})
+    assert result.value == 0.0  # both stubs score every reply alike: the loss check alone would pass
+    assert result.details["answers_known_by_champion"] == 2 and result.details["answers_lost"] == 1
+    assert result.details["answers_gained"] == 1 and result.details["lost_prompts"] == ["Who wrote Hamlet?"]
+    assert result.passed is False
+    assert forgetting.run(Context(candidate=champion, champion=champion), {"path": str(path)}).passed is True
 
 
 def test_position_swap_turns_a_biased_judge_into_ties():
@@ -144,7 +172,7 @@ def test_policy_file_overrides_the_default(tmp_path):
     policy = gate.load_policy(path)
     assert policy["required"] == ["heldout"]
     assert policy["forgetting"]["max_relative_loss_increase"] == 0.01
-    assert policy["forgetting"]["answers"] == 16  # untouched keys keep their defaults
+    assert policy["forgetting"]["answers"] == 64  # untouched keys keep their defaults
 
 
 def test_canary_job_is_off_unless_the_policy_enables_it(monkeypatch, tmp_path):

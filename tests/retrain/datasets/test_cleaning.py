@@ -71,7 +71,7 @@ def test_general_and_forgetting_are_disjoint():
     from retrain.datasets.replay import forgetting_set, general_examples
 
     general, forgetting = general_examples(), forgetting_set()
-    assert len(general) > 300 and len(forgetting) > 50
+    assert len(general) > 150 and len(forgetting) > 30
     prompts = {r["messages"][0]["content"] for r in general}
     assert not prompts & {r["messages"][0]["content"] for r in forgetting}
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in general + forgetting)

@@ -129,3 +129,21 @@ def test_hardware_choices_on_cpu_and_batch_probe():
         assert 10 <= hardware.find_batch_size(step, 64, gpu) <= 12  # accelerate shrinks x0.9 per OOM
     finally:
         hw_mod.torch.cuda.empty_cache = original
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_chooses_the_best_eval_or_the_last_step(keep, tiny_model_dir, tmp_path):
+    config = load_config(data=fast_config(steps=-1, save_total_limit=20))
+    config.sft.num_train_epochs, config.sft.keep, config.sft.early_stopping_patience = 4, keep, 0
+    config.sft.learning_rate = 0.1  # high enough that the eval split's best comes before the last step
+    train = [ROWS["sft"](i) for i in range(8)]
+    wrong = [{"messages": [r["messages"][0], {"role": "assistant", "content": "zq xv 9 7 kk"}]} for r in train[:2]]
+    result = train_stage("sft", config, base_path=tiny_model_dir, merge=[], train=train, eval_rows=wrong,
+                         out=tmp_path)
+    evals = {e["step"]: e["eval_loss"] for e in result["evals"]}
+    best_step = min(evals, key=evals.get)
+    assert best_step != result["steps"], "eval must be best before the end, else best and last are one adapter"
+    kept = load_file(tmp_path / "final" / "adapter_model.safetensors")
+    step = best_step if keep == "best" else result["steps"]
+    saved = load_file(tmp_path / "checkpoints" / f"checkpoint-{step}" / "adapter_model.safetensors")
+    assert kept.keys() == saved.keys() and all(torch.equal(kept[k], saved[k]) for k in kept)
