@@ -62,13 +62,13 @@ def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fr
     }
 
 
-FULL = Profile(items=32, everyday=16, paraphrases=2, general=24, compare_budget=4, max_tokens=48,
+FULL = Profile(items=32, everyday=40, paraphrases=2, general=33, compare_budget=4, max_tokens=48,
                retrain=_retrain_config(epochs=6, lr=1.5e-3, batch=8, replay=0.25, eval_fraction=0.15),
-               gate_policy={"forgetting": {"max_examples": 64, "answers": 8, "max_new_tokens": 32},
+               gate_policy={"forgetting": {"answers": 64, "max_new_tokens": 48},
                             "evaluators": ["heldout", "preference", "forgetting", "golden"]})
-QUICK = Profile(items=8, everyday=4, paraphrases=1, general=6, compare_budget=1, max_tokens=32,
+QUICK = Profile(items=8, everyday=8, paraphrases=1, general=8, compare_budget=1, max_tokens=32,
                 retrain=_retrain_config(epochs=8, lr=1.5e-3, batch=8, replay=0.25, eval_fraction=0.3),
-                gate_policy={"forgetting": {"max_examples": 48, "answers": 6, "max_new_tokens": 24},
+                gate_policy={"forgetting": {"max_examples": 48, "answers": 12, "max_new_tokens": 32},
                              "evaluators": ["heldout", "preference", "forgetting", "golden"],
                              "heldout": {"max_examples": 64}, "preference": {"max_examples": 64}})
 
@@ -285,8 +285,9 @@ def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: 
         traffic = items + everyday
         with stages.stage("end users ask", total=len(traffic)) as advance:
             users = [EndUser(f"user-{n:02d}", random.Random(seed * 100 + n)) for n in range(len(traffic))]
+            # end users get the server's longer default: a reply cut off by max_tokens is never trained on
             asked = ask_all(front, [(i.question, users[k].name) for k, i in enumerate(traffic)],
-                            profile.max_tokens, advance)
+                            2 * profile.max_tokens, advance)
             thumbs = []
             for k, (item, answer) in enumerate(zip(traffic, asked)):
                 value = users[k].thumbs(front, answer["message_id"], is_correct(answer["text"], item.keys))

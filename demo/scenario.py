@@ -137,7 +137,7 @@ class Reviewer:
         return max(1, min(5, base))
 
     def scores(self, correct: bool, rubric: list[str]) -> dict[str, int]:
-        base = {"correctness": 5 if correct else 1, "helpfulness": 4 if correct else 2, "tone": 4}
+        base = {"correctness": 5 if correct else 1, "helpfulness": 5 if correct else 2, "tone": 4}
         return {dim: self._score(base.get(dim, 4 if correct else 2)) for dim in rubric}
 
     def review_one(self, client: httpx.Client, answer_key: dict[str, Item], compare_budget: list[int]) -> bool:

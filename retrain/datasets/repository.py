@@ -20,6 +20,7 @@ class Turn:
     position: int
     role: str
     content: str
+    finish_reason: str | None = None  # "length": the reply was cut off by max_tokens
 
 
 @dataclass
@@ -46,6 +47,10 @@ class Store:
             return None
         conv, index = found
         return conv, self.turns[conv][: index + 1]
+
+    def turn(self, message_id: str) -> Turn:
+        conv, index = self.where[message_id]
+        return self.turns[conv][index]
 
 
 def _as_of(model, as_of: datetime | None):
@@ -84,18 +89,18 @@ def load_store(session: Session, as_of: datetime | None = None) -> Store:
     m, cv = Message.__table__, Conversation.__table__
     convs = sa.select(m.c.conversation_id).where(m.c.id.in_(targets)).distinct()
     rows = conn.execute(
-        sa.select(m.c.conversation_id, m.c.id, m.c.position, m.c.role, m.c.content, cv.c.end_user)
+        sa.select(m.c.conversation_id, m.c.id, m.c.position, m.c.role, m.c.content, m.c.finish_reason, cv.c.end_user)
         .join(cv, cv.c.id == m.c.conversation_id)
         .where(m.c.conversation_id.in_(convs))
         .order_by(m.c.conversation_id, m.c.position)
     )
-    for conv, mid, pos, role, content, end_user in rows:
+    for conv, mid, pos, role, content, finish_reason, end_user in rows:
         turns = store.turns.get(conv)
         if turns is None:
             turns = store.turns[conv] = []
             store.conversations[conv] = end_user
         store.where[mid] = (conv, len(turns))
-        turns.append(Turn(mid, pos, role, content))
+        turns.append(Turn(mid, pos, role, content, finish_reason))
 
     for name, model in FEEDBACK_TABLES.items():
         store.watermark[name] = conn.execute(sa.select(sa.func.max(model.__table__.c.id))).scalar() or 0

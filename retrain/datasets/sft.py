@@ -1,5 +1,6 @@
 """SFT examples: the conversation up to a reply + the consensus correction, or + the reply itself
-when reviewers agree it is good (every rubric dimension ≥ threshold, or a reviewer's thumbs up)."""
+when reviewers agree it is good (every rubric dimension ≥ threshold, or a reviewer's thumbs up) and it
+was not cut off by max_tokens (training on it would teach the model to stop mid-sentence)."""
 
 from retrain.datasets.common import Assessment, Example, Prep, lineage, reviewer_verdict
 
@@ -29,6 +30,9 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> 
             continue
         ctx = prep.context("sft", mid)
         if ctx is None:
+            continue
+        if prep.store.turn(mid).finish_reason == "length":
+            prep.drop("sft", "truncated")
             continue
         row = {"messages": ctx.prompt + [{"role": "assistant", "content": ctx.target}],
                "lineage": lineage(ctx, a.reviewer_ids, a.reviewers, via="top_rated")}

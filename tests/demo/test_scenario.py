@@ -22,6 +22,8 @@ def test_shipped_data_is_consistent_and_disjoint():
     assert len(ids) == len(set(ids))
     sets = [{i.question.lower() for i in part} for part in (items, everyday, general)]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    for item in everyday:
+        assert scenario.is_correct(item.correction, item.keys), item
     for item in items:
         assert item.keys and len(item.paraphrases) >= 1
         assert scenario.is_correct(item.answer, item.keys), item  # the corpus answer counts as correct

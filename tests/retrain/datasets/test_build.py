@@ -232,3 +232,20 @@ def test_as_of_reads_the_store_at_a_point_in_time(settings, session, reliability
     session.flush()
     snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0, as_of=cut + timedelta(seconds=1)))
     assert snap.counts["sft"]["train"] == 1
+
+
+def test_a_reply_cut_off_by_max_tokens_is_not_an_sft_target(settings, session, reliability):
+    from service.models import Message
+
+    reviewer = f.reviewer(session)
+    reliability[reviewer] = 0.9
+    _, cut = f.conversation(session, "Tell me about dogs", "Dogs are loyal companions that")
+    session.get(Message, cut[1]).finish_reason = "length"
+    f.rate(session, cut[1], reviewer)
+    _, whole = f.conversation(session, "Tell me about cats", "Cats are small domesticated carnivores.")
+    f.rate(session, whole[1], reviewer)
+    session.flush()
+    snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.0))
+    sft = json.dumps(rows_of(snap)["sft.train"])
+    assert "Cats are small" in sft and "Dogs are loyal" not in sft
+    assert snap.manifest["filters"]["sft"]["truncated"] == 1
