@@ -73,16 +73,6 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def _answers(d: dict) -> str:
-    """The forgetting gate's answer check in words."""
-    if "answers_known_by_champion" not in d:
-        return "–"
-    return (f"of {d['answers']} prompts the champion answered {d['answers_known_by_champion']}; the candidate lost "
-            f"{d['answers_lost']} of them ({_pct(d['answer_drop'])}, at most {_pct(d['max_answer_drop'])} allowed) "
-            f"and gained {d['answers_gained']}" + (f": lost {html.escape('; '.join(d['lost_prompts']))}"
-                                                   if d.get("lost_prompts") else ""))
-
-
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.0%}"
 
@@ -137,7 +127,7 @@ def render(results: dict[str, Any]) -> str:
                  f"<tr><th>forgetting set loss</th><td>champion {_fmt(g['forgetting']['champion'])} → candidate "
                  f"{_fmt(g['forgetting']['candidate'])} ({_fmt(g['forgetting']['metric'])} "
                  f"{_fmt(g['forgetting']['value'])})</td></tr>"
-                 f"<tr><th>forgetting set answers</th><td>{_answers(g['forgetting'].get('details') or {})}</td></tr>"
+                 f"<tr><th>forgetting set answers</th><td>{_fmt(g['forgetting'].get('note'))}</td></tr>"
                  f"<tr><th>gate reasons</th><td>{_fmt(s.get('gate_reasons') or 'none')}</td></tr>"
                  f"<tr><th>plan</th><td><small>{e(json.dumps((run.get('plan') or {}).get('stages'), default=str))}"
                  "</small></td></tr>"
@@ -228,8 +218,8 @@ def why(results: dict[str, Any]) -> str:
                 and not results["after"]["general"].get(g["id"], {}).get("correct")]
         notes.append(f"The model forgot answers it knew: {len(lost)} questions of the demo's general set that the "
                      f"base model answered right are now answered wrongly ({', '.join(lost)}; see the table below). "
-                     "Remedies: more replay (approved replies, snapshot option `replay_fraction`), fewer epochs or a "
-                     "lower learning rate.")
+                     "Remedies: more approved replies of everyday traffic in the SFT mix (the model's own words), "
+                     "fewer epochs or a lower learning rate.")
     if t["corrected_train"]["met"] is None:
         notes.append("No corrected question reached the SFT train split, so the main target could not be measured.")
     return " ".join(notes) or "All measured targets are met."

@@ -63,11 +63,11 @@ def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fr
 
 
 FULL = Profile(items=32, everyday=40, paraphrases=2, general=33, compare_budget=4, max_tokens=48,
-               retrain=_retrain_config(epochs=6, lr=1.5e-3, batch=8, replay=0.25, eval_fraction=0.15),
+               retrain=_retrain_config(epochs=4, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.15),
                gate_policy={"forgetting": {"answers": 64, "max_new_tokens": 48},
                             "evaluators": ["heldout", "preference", "forgetting", "golden"]})
 QUICK = Profile(items=8, everyday=8, paraphrases=1, general=8, compare_budget=1, max_tokens=32,
-                retrain=_retrain_config(epochs=8, lr=1.5e-3, batch=8, replay=0.25, eval_fraction=0.3),
+                retrain=_retrain_config(epochs=8, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.3),
                 gate_policy={"forgetting": {"max_examples": 48, "answers": 12, "max_new_tokens": 32},
                              "evaluators": ["heldout", "preference", "forgetting", "golden"],
                              "heldout": {"max_examples": 64}, "preference": {"max_examples": 64}})
@@ -444,7 +444,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                          "value": heldout.get("value"), "metric": heldout.get("metric")},
         "forgetting": {"champion": forgetting.get("champion"), "candidate": forgetting.get("candidate"),
                        "value": forgetting.get("value"), "metric": forgetting.get("metric"),
-                       "details": forgetting.get("details")},
+                       "note": forgetting.get("note")},
     }
     fc, fk = forgetting.get("champion"), forgetting.get("candidate")
     loss_increase = (fk - fc) / fc if isinstance(fc, int | float) and isinstance(fk, int | float) and fc else None
@@ -486,11 +486,8 @@ def print_summary(summary: dict[str, Any], times: dict[str, float], report: Path
                   f"{figures['heldout_loss']['candidate']}")
     inc = summary["forgetting_loss_increase"]
     console.print(f"forgetting-set loss change (gate): {('–' if inc is None else f'{inc:+.1%}')}")
-    answers = figures["forgetting"].get("details") or {}
-    if "answers_known_by_champion" in answers:
-        console.print(f"forgetting-set answers (gate): the candidate lost {answers['answers_lost']} of the "
-                      f"{answers['answers_known_by_champion']} the champion answered, "
-                      f"gained {answers['answers_gained']}")
+    if figures["forgetting"].get("note"):
+        console.print(f"forgetting-set {figures['forgetting']['note']} (gate)")
     for name, verdict in summary["targets"].items():
         mark = {True: "[green]met[/]", False: "[red]NOT met[/]", None: "[yellow]not measured[/]"}[verdict["met"]]
         value = "–" if verdict["value"] is None else f"{verdict['value']:.1%}"

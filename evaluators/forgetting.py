@@ -65,7 +65,7 @@ def run(ctx: Context, cfg: dict) -> EvalResult:
 
     details: dict = {"set": str(path), "candidate_loss": token_loss(cand), "champion_loss": token_loss(champ)}
     series = {"candidate_loss": [-s / max(n, 1) for s, n in cand], "champion_loss": [-s / max(n, 1) for s, n in champ]}
-    n_answers = min(cfg.get("answers", 64), len(items))
+    note, n_answers = "", min(cfg.get("answers", 64), len(items))
     if n_answers:
         prompts, refs = [p for p, _ in items[:n_answers]], [r for _, r in items[:n_answers]]
         max_new = cfg.get("max_new_tokens", 48)
@@ -80,6 +80,8 @@ def run(ctx: Context, cfg: dict) -> EvalResult:
                        answers_gained=len(gained), answer_drop=drop, max_answer_drop=max_drop,
                        lost_prompts=[prompts[i][-1]["content"] for i in lost][:20])
         passed = passed and drop <= max_drop
+        note = (f"answers: the candidate lost {len(lost)} of the {len(known)} prompts the champion answered "
+                f"({drop:.0%}, at most {max_drop:.0%} allowed) and gained {len(gained)}")
     return EvalResult(name=NAME, metric=METRIC, value=value, threshold=threshold, passed=passed, ci=ci,
                       candidate=details["candidate_loss"], champion=details["champion_loss"], n=len(items),
-                      details=details, series=series)
+                      note=note, details=details, series=series)

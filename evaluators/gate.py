@@ -52,11 +52,16 @@ def decide(results: list[EvalResult], policy: dict) -> tuple[bool, list[str]]:
         if result is None or result.passed is None:
             reasons.append(f"{name}: did not run ({result.note if result else 'not enabled'})")
         elif not result.passed:
-            reasons.append(f"{name}: {result.metric} = {result.value:.4g} (threshold {result.threshold})")
+            reasons.append(_failure(result))
     for result in results:  # an optional evaluator that ran and failed blocks too (judge only when trusted)
         if result.name not in policy["required"] and result.passed is False and result.name != "fewshot":
-            reasons.append(f"{result.name}: {result.metric} = {result.value:.4g} (threshold {result.threshold})")
+            reasons.append(_failure(result))
     return not reasons, reasons
+
+
+def _failure(result: EvalResult) -> str:
+    return (f"{result.name}: {result.metric} = {result.value:.4g} (threshold {result.threshold})"
+            + (f"; {result.note}" if result.note else ""))
 
 
 def snapshot_dir(session: Session, settings: Settings, snapshot_hash: str | None) -> Path | None:
@@ -187,7 +192,8 @@ def gate_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The compact decision stored on the retrain run."""
     return {"passed": report["passed"], "decision": report.get("decision"), "reasons": report["reasons"],
             "candidate": report["candidate"], "champion": report["champion"], "report": report.get("report_paths"),
-            "results": {r["name"]: {k: r[k] for k in ("value", "ci", "threshold", "passed", "candidate", "champion")}
+            "results": {r["name"]: {k: r[k] for k in ("value", "ci", "threshold", "passed", "candidate", "champion",
+                                                      "note")}
                         for r in report["results"]}}
 
 
