@@ -210,8 +210,7 @@ def why(results: dict[str, Any]) -> str:
                      "than the fact; the dataset builder's paraphrase expansion (snapshot option `paraphrases`) "
                      "adds variants.")
     if t["forgetting_loss_increase"]["met"] is False:
-        notes.append("The general set's loss rose more than 5%: more replay (snapshot option `replay_fraction`) or "
-                     "a lower learning rate.")
+        notes.append("The forgetting set's loss rose more than 5% (the gate's set, shipped with the product).")
     if t.get("general_answer_drop", {}).get("met") is False and measured_candidate:
         lost = [g["id"] for g in results["general"]
                 if results["before"]["general"].get(g["id"], {}).get("correct")
