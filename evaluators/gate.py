@@ -192,8 +192,8 @@ def gate_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The compact decision stored on the retrain run."""
     return {"passed": report["passed"], "decision": report.get("decision"), "reasons": report["reasons"],
             "candidate": report["candidate"], "champion": report["champion"], "report": report.get("report_paths"),
-            "results": {r["name"]: {k: r[k] for k in ("value", "ci", "threshold", "passed", "candidate", "champion",
-                                                      "note")}
+            "results": {r["name"]: {k: r[k] for k in ("metric", "value", "ci", "threshold", "passed", "candidate",
+                                                      "champion", "note")}
                         for r in report["results"]}}
 
 
