@@ -116,11 +116,8 @@ async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, set
         generation = await target.complete(messages, params)
     except Exception as exc:
         raise backend_failure(exc) from exc
-    try:
-        await run_in_threadpool(record, generation)
-    except Exception as exc:
-        log.error("could not store a chat exchange", exc_info=exc)
-        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, "the reply could not be stored") from exc
+    if not await _stored(record, generation):
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, "the reply could not be stored")
     return ChatCompletion(
         id=completion_id, model=generation.model_version,
         choices=[Choice(message=AssistantMessage(content=generation.text), finish_reason=generation.finish_reason)],

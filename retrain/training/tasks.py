@@ -86,8 +86,8 @@ def cron_slot(cron: str, tz: str = "UTC", now: datetime | None = None) -> str:
 def scheduled_retrain() -> int | None:
     """The scheduler's job: one run per cron slot; skipped (with the reason) when too little new feedback
     or when a retrain is running; else executed in its own process. Returns the run id, if any."""
-    settings = rs = get_settings()
-    slot = cron_slot(rs.retrain_cron, rs.retrain_timezone)
+    settings = get_settings()
+    slot = cron_slot(settings.retrain_cron, settings.retrain_timezone)
     try:
         with session_scope() as session:
             if session.exec(select(RetrainRun.id).where(RetrainRun.slot == slot)).first() is not None:
@@ -99,9 +99,9 @@ def scheduled_retrain() -> int | None:
             skip = None
             if service.RetrainLock(settings).held_elsewhere():
                 skip = "another retrain is running (lock held)"
-            elif new < rs.retrain_min_feedback:
+            elif new < settings.retrain_min_feedback:
                 skip = (f"too little new feedback: {new} since "
-                        f"{since.isoformat() if since else 'the start'} < minimum {rs.retrain_min_feedback}")
+                        f"{since.isoformat() if since else 'the start'} < minimum {settings.retrain_min_feedback}")
             run = service.create_run(session, trigger=RunTrigger.schedule, config=config, slot=slot,
                                      status_=RunStatus.skipped if skip else RunStatus.queued,
                                      reason=skip or f"scheduled ({new} new feedback)")
@@ -118,10 +118,10 @@ def scheduled_retrain() -> int | None:
 
 def resume_interrupted(wait: bool = False) -> list[int]:
     """Relaunch runs whose process died (status running, no live process, lock free) or that never started."""
-    settings = rs = get_settings()
+    settings = get_settings()
     if service.RetrainLock(settings).held_elsewhere():
         return []
-    stale = utcnow() - timedelta(seconds=rs.retrain_stale_s)
+    stale = utcnow() - timedelta(seconds=settings.retrain_stale_s)
     with session_scope() as session:
         query = select(RetrainRun).where(col(RetrainRun.status).in_([RunStatus.running, RunStatus.queued])) \
             .order_by(col(RetrainRun.id))
@@ -145,14 +145,13 @@ def build_scheduler(settings: Settings | None = None, *, cron: str | None = None
     from apscheduler.schedulers.background import BackgroundScheduler
 
     settings = settings or get_settings()
-    rs = get_settings()
     scheduler = BackgroundScheduler(
         jobstores={"default": SQLAlchemyJobStore(url=settings.db_url, tablename=SCHEDULER_TABLE)},
         executors={"default": ThreadPoolExecutor(2)},
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": rs.retrain_misfire_grace_s},
-        timezone=rs.retrain_timezone,
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": settings.retrain_misfire_grace_s},
+        timezone=settings.retrain_timezone,
     )
-    scheduler.hitl_cron = cron or rs.retrain_cron
+    scheduler.hitl_cron = cron or settings.retrain_cron
     return scheduler
 
 
@@ -161,8 +160,7 @@ def start_scheduler(scheduler) -> None:
     with a past `next_run_time` keeps it, so a missed trigger fires once now."""
     from apscheduler.triggers.cron import CronTrigger
 
-    rs = get_settings()
-    trigger = CronTrigger.from_crontab(scheduler.hitl_cron, timezone=rs.retrain_timezone)
+    trigger = CronTrigger.from_crontab(scheduler.hitl_cron, timezone=scheduler.timezone)
     scheduler.start(paused=True)
     job = scheduler.get_job(JOB_ID)
     if job is None:

@@ -69,10 +69,12 @@ def assert_no_leakage(train: list[dict], eval_rows: list[dict], train_split: str
 # -- callbacks -------------------------------------------------------------------------------------
 
 class Recorder(TrainerCallback):
-    """Per-step metrics to the run record; best adapter after each evaluation; early stopping; wall clock."""
+    """Per-step metrics to the run record; best adapter after each evaluation (when it is the one kept);
+    early stopping; wall clock."""
 
-    def __init__(self, stage_dir: Path, sink: Sink | None, tag: str, patience: int, max_wall_s: float | None):
-        self.stage_dir, self.sink, self.tag = stage_dir, sink, tag
+    def __init__(self, stage_dir: Path, sink: Sink | None, tag: str, patience: int, max_wall_s: float | None,
+                 save_best: bool = True):
+        self.stage_dir, self.sink, self.tag, self.save_best = stage_dir, sink, tag, save_best
         self.patience, self.deadline = patience, (time.monotonic() + max_wall_s) if max_wall_s else None
         self.state_file = stage_dir / "best.json"
         saved = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
@@ -101,7 +103,7 @@ class Recorder(TrainerCallback):
         self.evals.append({"step": state.global_step, "epoch": state.epoch, "eval_loss": loss})
         if loss < self.best - 1e-6:
             self.best, self.bad_evals = loss, 0
-            if state.is_world_process_zero and model is not None:
+            if self.save_best and state.is_world_process_zero and model is not None:
                 save_adapter(model, self.stage_dir / "best")
         else:
             self.bad_evals += 1
@@ -274,8 +276,9 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
     from datasets import Dataset
 
     _, trainer_cls = trl_classes(method, hw.device)
-    patience = opts.early_stopping_patience if eval_ds and opts.keep == "best" else 0
-    recorder = Recorder(out, sink, tag, patience, config.max_wall_s)
+    keep_best = opts.keep == "best"
+    recorder = Recorder(out, sink, tag, opts.early_stopping_patience if eval_ds and keep_best else 0,
+                        config.max_wall_s, save_best=keep_best)
     tb = TensorBoardCallback(tb_writer=SummaryWriter(str(out.parent.parent / "tb" / tag)))
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_ds),
                           eval_dataset=Dataset.from_list(eval_ds) if eval_ds else None,
@@ -291,7 +294,7 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
     step = trainer.state.global_step
     if eval_ds and recorder.last_eval_step != step:  # e.g. stopped by max_steps between epochs
         trainer.evaluate()
-    if opts.keep == "last" or not adapters.is_adapter(out / "best"):  # or no eval split / no improvement
+    if not keep_best or not adapters.is_adapter(out / "best"):  # or no eval split / no improvement
         save_adapter(trainer.model, out / "best")
     best = recorder.best if math.isfinite(recorder.best) else None
     underfit = None
