@@ -128,6 +128,9 @@ def render(results: dict[str, Any]) -> str:
                  f"{_fmt(g['forgetting']['candidate'])} ({_fmt(g['forgetting']['metric'])} "
                  f"{_fmt(g['forgetting']['value'])})</td></tr>"
                  f"<tr><th>forgetting set answers</th><td>{_fmt(g['forgetting'].get('note'))}</td></tr>"
+                 f"<tr><th>anchor rows</th><td>{_fmt((s.get('anchors') or {}).get('rows'))} served replies the "
+                 "candidate was held to (KL to the champion); measured questions among them: "
+                 f"{_fmt(len((s.get('anchors') or {}).get('measured_questions', [])))}</td></tr>"
                  f"<tr><th>gate reasons</th><td>{_fmt(s.get('gate_reasons') or 'none')}</td></tr>"
                  f"<tr><th>plan</th><td><small>{e(json.dumps((run.get('plan') or {}).get('stages'), default=str))}"
                  "</small></td></tr>"
@@ -217,7 +220,7 @@ def why(results: dict[str, Any]) -> str:
                 and not results["after"]["general"].get(g["id"], {}).get("correct")]
         notes.append(f"The model forgot answers it knew: {len(lost)} questions of the demo's general set that the "
                      f"base model answered right are now answered wrongly ({', '.join(lost)}; see the table below). "
-                     "Remedies: more approved replies of everyday traffic in the SFT mix (the model's own words), "
+                     "Remedies: a higher `sft.anchor_weight` or more anchor rows (snapshot option `anchors`), "
                      "fewer epochs or a lower learning rate.")
     if t["corrected_train"]["met"] is None:
         notes.append("No corrected question reached the SFT train split, so the main target could not be measured.")

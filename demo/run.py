@@ -48,7 +48,8 @@ class Profile:
     gate_policy: dict[str, Any] = field(default_factory=dict)
 
 
-def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fraction: float) -> dict:
+def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fraction: float,
+                    anchor_weight: float) -> dict:
     return {
         "methods": ["sft"],
         "sft": {"learning_rate": lr, "num_train_epochs": epochs, "effective_batch_size": batch,
@@ -56,18 +57,21 @@ def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fr
                 "lr_scheduler_type": "linear",
                 # the eval split holds *other* facts than the train split: its best-loss checkpoint can come
                 # before the corrections are learned, so the last step becomes the candidate
-                "keep": "last"},
-        "snapshot_options": {"replay_fraction": replay, "eval_fraction": eval_fraction},
+                "keep": "last", "anchor_weight": anchor_weight},
+        # end users' other replies hold the candidate to the champion (anchors) against forgetting
+        "snapshot_options": {"replay_fraction": replay, "eval_fraction": eval_fraction, "anchors": 256},
         "save_steps": 10_000, "logging_steps": 1,
     }
 
 
 FULL = Profile(items=32, everyday=40, paraphrases=2, general=33, compare_budget=4, max_tokens=48,
-               retrain=_retrain_config(epochs=4, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.15),
+               retrain=_retrain_config(epochs=4, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.15,
+                                       anchor_weight=1.0),
                gate_policy={"forgetting": {"answers": 64, "max_new_tokens": 48},
                             "evaluators": ["heldout", "preference", "forgetting", "golden"]})
 QUICK = Profile(items=8, everyday=8, paraphrases=1, general=8, compare_budget=1, max_tokens=32,
-                retrain=_retrain_config(epochs=8, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.3),
+                retrain=_retrain_config(epochs=8, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.3,
+                                        anchor_weight=1.0),
                 gate_policy={"forgetting": {"max_examples": 48, "answers": 12, "max_new_tokens": 32},
                              "evaluators": ["heldout", "preference", "forgetting", "golden"],
                              "heldout": {"max_examples": 64}, "preference": {"max_examples": 64}})
@@ -256,6 +260,15 @@ def snapshot_membership(snapshot_path: str | None, items: list[Item]) -> dict[st
     return found
 
 
+def anchor_check(snapshot_path: str | None, questions: list[str]) -> dict[str, Any]:
+    """The snapshot's anchor rows, and which of `questions` (never asked by end users) are among them: none
+    may be, or the forgetting measurement would measure rows the candidate was held to."""
+    path = Path(snapshot_path or "") / "sft.anchor.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    asked = {m["content"].strip() for r in rows for m in r["messages"] if m["role"] == "user"}
+    return {"rows": len(rows), "measured_questions": sorted(q for q in questions if q.strip() in asked)}
+
+
 def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: int, port: int,
              progress: Progress, stages: Stages, measure_rejected: bool = True) -> dict[str, Any]:
     items, everyday, general = select(profile, seed)
@@ -314,12 +327,16 @@ def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: 
             stats = admin.get("/api/review/stats")
             results["review_stats"] = stats.json() if stats.status_code == 200 else None
 
+        # the snapshot reads the store as it is now: the measurements below are served replies too, and the
+        # questions they ask must never become training rows or anchors
+        cutoff = datetime.now(timezone.utc).isoformat()
+        options = {**profile.retrain["snapshot_options"], "as_of": cutoff}
+        retrain = {**profile.retrain, "snapshot_options": options}
         n_measure = len(items) * (1 + profile.paraphrases) + len(general)
         with stages.stage("baseline answers", total=n_measure) as advance:
             results["before"] = measure(admin_chat(server, service_key), items, general, profile.paraphrases,
                                         profile.max_tokens, advance)
 
-        options = profile.retrain["snapshot_options"]
         with stages.stage("dataset build"):
             resp = admin.post("/api/datasets", json=options)
             if resp.status_code in (200, 201):
@@ -329,7 +346,7 @@ def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: 
                                               "the retrain run builds the snapshot itself"}
 
         with stages.stage("retrain (LoRA SFT)", total=None) as advance:
-            resp = admin.post("/api/retrain/runs", json={"config": profile.retrain})
+            resp = admin.post("/api/retrain/runs", json={"config": retrain})
             resp.raise_for_status()
             run_id = resp.json()["id"]
             run, seen = wait_run(admin, run_id, advance, until=lambda r: bool(r.get("candidate_version"))
@@ -364,7 +381,10 @@ def run_loop(profile: Profile, *, data_dir: Path, base_model: str | None, seed: 
                 resp = admin.post("/api/models/rollback", json={"reason": "hitl demo: end of the measurement"})
                 results["rollback"] = resp.json() if resp.status_code == 200 else {"status": resp.status_code}
                 results["served_final"] = wait_champion(admin, results.get("base_version") or "")
-        results["membership"] = snapshot_membership((run.get("plan") or {}).get("snapshot_path"), items)
+        snapshot = (run.get("plan") or {}).get("snapshot_path")
+        results["membership"] = snapshot_membership(snapshot, items)
+        results["anchors"] = anchor_check(snapshot, [g.question for g in general]
+                                          + [p for i in items for p in i.paraphrases[:profile.paraphrases]])
     finally:
         server.stop()
     results["items"] = [asdict(i) for i in items]
@@ -455,6 +475,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "general_answer_drop": _verdict(_drop(rows["general"]), TARGETS["forgetting_loss_increase"], at_least=False),
     }
     return {"accuracy": rows, "gate_figures": figures, "forgetting_loss_increase": loss_increase,
+            "anchors": results.get("anchors"),
             "targets": targets, "promoted": results.get("promoted"), "forced": results.get("forced"),
             "run_status": (results.get("run") or {}).get("status"),
             "gate_reasons": gate.get("reasons"), "corrected_items": sorted(corrected_any)}
@@ -488,6 +509,9 @@ def print_summary(summary: dict[str, Any], times: dict[str, float], report: Path
     console.print(f"forgetting-set loss change (gate): {('–' if inc is None else f'{inc:+.1%}')}")
     if figures["forgetting"].get("note"):
         console.print(f"forgetting-set {figures['forgetting']['note']} (gate)")
+    anchors = summary.get("anchors") or {}
+    console.print(f"anchor rows (served replies the candidate was held to): {anchors.get('rows', 0)}; measured "
+                  f"questions among them: {len(anchors.get('measured_questions', []))}")
     for name, verdict in summary["targets"].items():
         mark = {True: "[green]met[/]", False: "[red]NOT met[/]", None: "[yellow]not measured[/]"}[verdict["met"]]
         value = "–" if verdict["value"] is None else f"{verdict['value']:.1%}"

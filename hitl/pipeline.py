@@ -126,10 +126,11 @@ def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, 
         method = stage["method"]
         train_rows = runs.load_rows(snapshot, method, "train")
         eval_rows = runs.load_rows(snapshot, method, "eval")
+        anchors = runs.load_rows(snapshot, "sft", "anchor") if method == "sft" else []
         sweep = plan["sweep"] if plan.get("sweep") and i == 0 else None
         result = run_stage(method, config, base_path=base_path, merge=[champ_adapter, *finals], train=train_rows,
                            eval_rows=eval_rows, out=out / "stages" / f"{i}-{method}", sink=sink, sweep=sweep,
-                           hw=hw)
+                           hw=hw, anchors=anchors)
         finals.append(out / "stages" / f"{i}-{method}" / "final")
         if not is_main():
             continue
@@ -138,8 +139,8 @@ def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, 
             metrics = copy.deepcopy(run.metrics or {})
             metrics.setdefault("stages", {})[f"{i}-{method}"] = {
                 k: result.get(k) for k in ("method", "steps", "train_loss", "best_eval_loss", "evals", "underfit",
-                                           "stopped_early", "resumed_from", "batch", "precision", "packing",
-                                           "tokens", "seconds", "sweep", "chosen_trial", "reused")}
+                                           "stopped_early", "resumed_from", "anchor_rows", "batch", "precision",
+                                           "packing", "tokens", "seconds", "sweep", "chosen_trial", "reused")}
             run.metrics = metrics
             session.add(run)
         sink.flush()

@@ -18,6 +18,7 @@ def build(
     eval_fraction: Annotated[float, typer.Option(help="Share of end users/conversations in eval.")] = 0.1,
     replay_fraction: Annotated[float, typer.Option(help="General replay rows per SFT train row.")] = 0.0,
     paraphrases: Annotated[int, typer.Option(help="Paraphrase variants per corrected prompt (needs an endpoint).")] = 0,
+    anchors: Annotated[int, typer.Option(help="Latest unfaulted served replies kept as anchor rows (sft.anchor).")] = 0,
     max_tokens: Annotated[int, typer.Option(help="Longest example in tokens.")] = 2048,
     options_json: Annotated[str | None, typer.Option("--options", help="Full BuildOptions as JSON.")] = None,
 ) -> None:
@@ -28,7 +29,7 @@ def build(
 
     opts = BuildOptions(**json.loads(options_json)) if options_json else BuildOptions(
         kinds=kinds or None, eval_fraction=eval_fraction, replay_fraction=replay_fraction,
-        paraphrases=paraphrases, max_tokens=max_tokens)
+        paraphrases=paraphrases, anchors=anchors, max_tokens=max_tokens)
     settings = get_settings()
     migrate()
     phases = 5 + (1 if opts.paraphrases else 0)

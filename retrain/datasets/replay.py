@@ -28,8 +28,9 @@ def forgetting_set() -> list[dict]:
     return load_jsonl(FORGETTING)
 
 
-def replay_rows(n: int, salt: str = "replay") -> list[dict]:
-    """`n` SFT rows from the replay pool, chosen by a stable hash (same n → same rows)."""
+def replay_rows(n: int, salt: str = "replay", source: str = "replay") -> list[dict]:
+    """`n` SFT rows from the replay pool, chosen by a stable hash (same n → same rows); `source` "anchor"
+    makes them anchor rows instead of training targets."""
     if n <= 0:
         return []
     pool = general_examples()
@@ -37,5 +38,5 @@ def replay_rows(n: int, salt: str = "replay") -> list[dict]:
     picked = ranked[:n]  # never repeats a row (that would be an exact duplicate)
     return [{"messages": r["messages"],
              "lineage": {"feedback_ids": [], "reviewer_ids": [], "conversation_id": None, "message_id": None,
-                         "source": "replay", "origin": r.get("source")}}
+                         "source": source, "origin": r.get("source")}}
             for r in picked]

@@ -39,6 +39,7 @@ class Store:
     deleted_conversations: set[str] = field(default_factory=set)
     deleted_end_users: set[str] = field(default_factory=set)
     watermark: dict[str, int] = field(default_factory=dict)  # table -> max id read
+    served: list[str] = field(default_factory=list)  # the latest assistant replies, newest first (anchor candidates)
 
     def context(self, message_id: str) -> tuple[str, list[Turn]] | None:
         """(conversation id, turns up to and including the message), or None if it is gone."""
@@ -57,8 +58,9 @@ def _as_of(model, as_of: datetime | None):
     return [model.created_at <= as_of] if as_of is not None else []
 
 
-def load_store(session: Session, as_of: datetime | None = None) -> Store:
-    """Read feedback rows (created up to `as_of`), the conversations they point at, and deletions."""
+def load_store(session: Session, as_of: datetime | None = None, served: int = 0) -> Store:
+    """Read feedback rows (created up to `as_of`), the conversations they point at, and deletions; with
+    `served`, also the latest that many assistant replies and their conversations, reviewed or not."""
     conn = session.connection()
     store = Store()
     t, r, c, cmp, f, cand = (m.__table__ for m in (Thumbs, Rating, Correction, Comparison, Flag, Candidate))
@@ -87,7 +89,13 @@ def load_store(session: Session, as_of: datetime | None = None) -> Store:
 
     targets = sa.union(*(sa.select(m.__table__.c.message_id) for m in (Thumbs, Rating, Correction, Comparison, Flag)))
     m, cv = Message.__table__, Conversation.__table__
-    convs = sa.select(m.c.conversation_id).where(m.c.id.in_(targets)).distinct()
+    convs = sa.select(m.c.conversation_id).where(m.c.id.in_(targets))
+    if served:
+        latest = (sa.select(m.c.id, m.c.conversation_id).where(m.c.role == "assistant", *_as_of(Message, as_of))
+                  .order_by(m.c.created_at.desc(), m.c.id.desc()).limit(served).subquery())
+        store.served = list(conn.execute(sa.select(latest.c.id)).scalars())
+        convs = sa.union(convs, sa.select(latest.c.conversation_id))
+    convs = sa.select(convs.subquery().c.conversation_id).distinct()
     rows = conn.execute(
         sa.select(m.c.conversation_id, m.c.id, m.c.position, m.c.role, m.c.content, m.c.finish_reason, cv.c.end_user)
         .join(cv, cv.c.id == m.c.conversation_id)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 Kind = Literal["sft", "dpo", "kto"]
 KINDS: tuple[str, ...] = ("sft", "dpo", "kto")
 SPLITS: tuple[str, ...] = ("train", "eval")
+ANCHOR = ("sft", "anchor")  # sft.anchor.jsonl: served replies training holds steady (see anchors.py)
 
 
 class BuildOptions(BaseModel):
@@ -17,7 +18,8 @@ class BuildOptions(BaseModel):
 
     kinds: list[Kind] | None = Field(None, description="Kinds to build; None = all three, and a KTO set missing a "
                                      "class is then left empty (recorded) instead of failing the build.")
-    as_of: datetime | None = Field(None, description="Read only feedback created at or before this time.")
+    as_of: datetime | None = Field(None, description="Read only feedback (and, for anchors, replies) created at or "
+                                     "before this time.")
     eval_fraction: float = Field(0.1, ge=0, le=0.9, description="Share of end users/conversations in eval.")
     split_salt: str = Field("hitl", description="Changing it reshuffles every split: keep it fixed.")
     sft_min_score: int = Field(4, ge=1, le=5, description="A reply is top-rated when every rubric dimension ≥ this.")
@@ -35,6 +37,11 @@ class BuildOptions(BaseModel):
     near_duplicate_threshold: float = Field(0.85, gt=0, le=1, description="Estimated Jaccard of word 3-grams.")
     replay_fraction: float = Field(0.0, ge=0, le=1, description="Replay rows added to SFT train, as a share "
                                    "of the feedback SFT train rows.")
+    anchors: int = Field(0, ge=0, le=100_000, description="Most recent served replies nobody faulted, written "
+                         "as sft.anchor.jsonl: SFT with sft.anchor_weight > 0 keeps the candidate's token "
+                         "distributions on them equal to the champion's, against forgetting (0 = off).")
+    anchor_general: int = Field(0, ge=0, le=10_000, description="Rows of the shipped general pool "
+                                "(retrain/datasets/data/general.jsonl) added to the anchors, not trained on.")
     paraphrases: int = Field(0, ge=0, le=10, description="Paraphrase variants per corrected prompt (0 = off).")
     paraphrase_base_url: str | None = Field(None, description="OpenAI-compatible endpoint; default the remote "
                                             "backend settings.")

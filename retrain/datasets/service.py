@@ -20,17 +20,17 @@ from sqlmodel import Session, select
 
 from core.models import utcnow
 from core.settings import Settings
-from retrain.datasets import dpo, kto, sft
+from retrain.datasets import anchors, dpo, kto, sft
 from retrain.datasets.cleaning import TokenCounter, near_duplicate_groups
 from retrain.datasets.common import Example, Prep, assess, resolve_corrections
 from retrain.datasets.models import DatasetSnapshot
 from retrain.datasets.replay import replay_rows
 from retrain.datasets.repository import load_store
-from retrain.datasets.schemas import KINDS, SPLITS, BuildOptions
+from retrain.datasets.schemas import ANCHOR, KINDS, SPLITS, BuildOptions
 
 BUILDER_VERSION = "1.0"
 DEFAULT_RUBRIC = ["correctness", "helpfulness", "tone"]
-SOURCE_RANK = {"feedback": 0, "replay": 1, "paraphrase": 2}
+SOURCE_RANK = {"feedback": 0, "replay": 1, "paraphrase": 2, "anchor": 3}
 
 Progress = Callable[[str], None]
 
@@ -60,7 +60,7 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
         clock = now
 
     step("reading feedback")
-    store = load_store(session, options.as_of)
+    store = load_store(session, options.as_of, served=options.anchors and options.anchors * 4)
     lap("read")
     reliability, reliability_source = _reliability(session)
     lap("reliability")
@@ -91,6 +91,11 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
         examples["sft"] += variants
         lap("expansion")
 
+    if "sft" in kinds:
+        served = anchors.build(prep, assessments, corrections, examples["sft"], options.anchors)
+        general = replay_rows(options.anchor_general, source="anchor")
+        examples["sft"] += served + [Example("sft", "train", r, f"anchor:general:{i}") for i, r in enumerate(general)]
+
     step("length limits")
     counter = TokenCounter(options.tokenizer or str(settings.base_model_path))
     token_cache: dict[str, int] = {}
@@ -109,6 +114,8 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
     for k in KINDS:
         examples[k] = _deduplicate(prep, k, examples[k], options.near_duplicate_threshold)
     lap("dedup")
+    anchor_rows = [e for e in examples["sft"] if e.row["lineage"]["source"] == "anchor"]
+    examples["sft"] = [e for e in examples["sft"] if e.row["lineage"]["source"] != "anchor"]
 
     kto_balance = kto.balance(examples["kto"])
     kto_refused = None
@@ -125,6 +132,8 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
     step("writing snapshot")
     files = {(k, s): sorted((_line(e) for e in examples[k] if e.split == s), key=lambda x: x[:2])
              for k in KINDS for s in SPLITS}
+    if options.anchors or options.anchor_general:
+        files[ANCHOR] = sorted((_line(e) for e in anchor_rows), key=lambda x: x[:2])
     digest = hashlib.sha256(f"hitl-datasets {BUILDER_VERSION}\n".encode())
     for (k, s), lines in files.items():
         digest.update(f"{k}.{s}\n".encode())
@@ -159,6 +168,11 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
         "dedup": {"exact": "normalized full content", "near": "MinHash LSH (datasketch affine32), word 3-grams",
                   "threshold": options.near_duplicate_threshold, "rule": "eval wins: train copies removed"},
         "replay": {"rows": replay_n, "fraction": options.replay_fraction, "source": "retrain/datasets/data/general.jsonl"},
+        "anchors": {"rows": len(anchor_rows), "limit": options.anchors, "general": options.anchor_general,
+                    "file": "sft.anchor.jsonl",
+                    "rule": "latest served train-split replies not corrected, judged bad or flagged, whose prompt "
+                            "no training example has, plus `general` rows of the replay pool; held to the "
+                            "champion's distributions, never a target"},
         "expansion": _expansion_report(expansion, examples["sft"]),
         "reviewer_reliability": reliability_source,
         "lineage": "each row's `lineage` (feedback ids, reviewer ids, conversation, message, source); "
@@ -168,7 +182,7 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
         "as_of": options.as_of.isoformat() if options.as_of else None,
         "timings_s": timings,
         "files": {f"{k}.{s}": {"jsonl": f"{k}.{s}.jsonl", "parquet": f"{k}.{s}.parquet" if files[(k, s)] else None,
-                               "rows": counts[k][s]} for k in KINDS for s in SPLITS},
+                               "rows": len(lines)} for (k, s), lines in files.items()},
     }
     if existing is not None:
         if not (Path(existing.path) / "manifest.json").exists():
@@ -186,8 +200,8 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
 
 def load_split(snapshot_path: str | Path, kind: str, split: str) -> list[dict]:
     """The rows of one kind and split of a snapshot."""
-    if kind not in KINDS or split not in SPLITS:
-        raise ValueError(f"kind must be one of {KINDS} and split one of {SPLITS}")
+    if (kind, split) != ANCHOR and (kind not in KINDS or split not in SPLITS):
+        raise ValueError(f"kind must be one of {KINDS} and split one of {SPLITS} (or sft.anchor)")
     path = Path(snapshot_path) / f"{kind}.{split}.jsonl"
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

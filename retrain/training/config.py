@@ -60,6 +60,9 @@ class SFTOptions(MethodConfig):
     packing: bool | None = _help(
         "Pack examples into full rows (padding-free, position_ids reset per example); None: on CUDA only.",
         default=None)
+    anchor_weight: float = _help(
+        "Weight of a KL penalty that keeps the candidate's token distributions equal to the champion's on the "
+        "snapshot's anchor rows (served replies nobody faulted), against forgetting; 0: off.", default=0.0)
 
 
 @dataclass

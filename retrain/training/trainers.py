@@ -20,6 +20,7 @@ import torch
 from transformers import TrainerCallback
 
 from retrain.training import adapters, hardware
+from retrain.training.anchor import anchored
 from retrain.training.config import DPOOptions, KTOOptions, MethodConfig, RetrainConfig, SFTOptions
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,8 @@ def model_dtype(hw: hardware.Hardware, bf16: bool | None) -> torch.dtype:
 def trl_classes(method: str, device: str = "cuda"):
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
-    if method == "sft" and device == "cpu":
-        return SFTConfig, lean_sft_trainer()
+    if method == "sft":
+        return SFTConfig, anchored(lean_sft_trainer() if device == "cpu" else SFTTrainer)
     return {"sft": (SFTConfig, SFTTrainer), "dpo": (DPOConfig, DPOTrainer), "kto": (KTOConfig, KTOTrainer)}[method]
 
 
@@ -239,7 +240,7 @@ def train_stage(method: str, config: RetrainConfig, **kw) -> dict[str, Any]:
 def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, merge: list[str | Path],
                 train: list[dict], eval_rows: list[dict], out: Path, sink: Sink | None = None,
                 hw: hardware.Hardware | None = None, overrides: dict[str, Any] | None = None,
-                tag: str | None = None) -> dict[str, Any]:
+                tag: str | None = None, anchors: list[dict] | None = None) -> dict[str, Any]:
     result_file = out / "result.json"
     if result_file.exists() and adapters.is_adapter(out / "final"):
         return json.loads(result_file.read_text()) | {"reused": True}
@@ -255,7 +256,8 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
         from dataclasses import replace
 
         opts = replace(opts, **overrides)
-    assert_no_leakage(train, eval_rows)
+    anchors = anchors if method == "sft" and getattr(opts, "anchor_weight", 0) > 0 else []
+    assert_no_leakage(train + anchors, eval_rows)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
@@ -282,7 +284,9 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
     tb = TensorBoardCallback(tb_writer=SummaryWriter(str(out.parent.parent / "tb" / tag)))
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_ds),
                           eval_dataset=Dataset.from_list(eval_ds) if eval_ds else None,
-                          processing_class=tokenizer, peft_config=lora_config(opts), callbacks=[recorder, tb])
+                          processing_class=tokenizer, peft_config=lora_config(opts), callbacks=[recorder, tb],
+                          **({"anchor_dataset": Dataset.from_list(to_trl_rows(method, anchors)),
+                              "anchor_weight": opts.anchor_weight} if anchors else {}))
     checkpoint = last_checkpoint(out / "checkpoints")
     baseline_file = out / "baseline.json"
     if eval_ds and not baseline_file.exists():
@@ -311,7 +315,7 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
         "steps": step, "train_loss": output.training_loss, "train_runtime_s": output.metrics.get("train_runtime"),
         "resumed_from": checkpoint.name if checkpoint else None, "best_eval_loss": best,
         "evals": recorder.evals, "stopped_early": recorder.stopped_early, "underfit": underfit,
-        "tokens": tokens, "seconds": round(time.monotonic() - started, 2),
+        "anchor_rows": len(anchors), "tokens": tokens, "seconds": round(time.monotonic() - started, 2),
         "packing": bool(getattr(args, "packing", False)), "precision": "bf16" if args.bf16 else
         ("fp16" if args.fp16 else "fp32"),
     }
@@ -326,17 +330,18 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
 
 
 def run_stage(method: str, config: RetrainConfig, *, base_path, merge, train, eval_rows, out: Path,
-              sink: Sink | None = None, sweep: dict | None = None, hw=None) -> dict[str, Any]:
+              sink: Sink | None = None, sweep: dict | None = None, hw=None,
+              anchors: list[dict] | None = None) -> dict[str, Any]:
     """A stage, or a small sweep (learning rate x epochs) whose lowest-eval-loss trial becomes the stage."""
     if not sweep:
         return train_stage(method, config, base_path=base_path, merge=merge, train=train, eval_rows=eval_rows,
-                           out=out, sink=sink, hw=hw)
+                           out=out, sink=sink, hw=hw, anchors=anchors)
     if (out / "result.json").exists() and adapters.is_adapter(out / "final"):
         return json.loads((out / "result.json").read_text()) | {"reused": True}
     trials = []
     for i, (lr, epochs) in enumerate((lr, ep) for lr in sweep["learning_rates"] for ep in sweep["epochs"]):
         result = train_stage(method, config, base_path=base_path, merge=merge, train=train, eval_rows=eval_rows,
-                             out=out / f"trial-{i}", sink=sink, hw=hw, tag=f"{method}-trial{i}",
+                             out=out / f"trial-{i}", sink=sink, hw=hw, tag=f"{method}-trial{i}", anchors=anchors,
                              overrides={"learning_rate": lr, "num_train_epochs": epochs})
         trials.append({"trial": i, "learning_rate": lr, "num_train_epochs": epochs,
                        "best_eval_loss": result["best_eval_loss"], "train_loss": result["train_loss"]})

@@ -249,3 +249,56 @@ def test_a_reply_cut_off_by_max_tokens_is_not_an_sft_target(settings, session, r
     sft = json.dumps(rows_of(snap)["sft.train"])
     assert "Cats are small" in sft and "Dogs are loyal" not in sft
     assert snap.manifest["filters"]["sft"]["truncated"] == 1
+
+
+def test_anchors_are_the_latest_unfaulted_train_replies(settings, session, reliability):
+    reviewer = f.reviewer(session)
+    reliability[reviewer] = 0.9
+    _, fixed = f.conversation(session, "Capital of Australia?", "Sydney.")
+    f.correct(session, fixed[1], reviewer, "Canberra.")
+    _, again = f.conversation(session, "Capital of Australia?", "Sydney, I think.")  # the corrected prompt
+    _, panned = f.conversation(session, "Is the earth flat?", "Yes.")
+    f.thumbs(session, panned[1], "down")
+    _, flagged = f.conversation(session, "How to pick a lock?", "Rake the pins.")
+    f.flag(session, flagged[1], reviewer, "unsafe")
+    convs = [f.conversation(session, f"Served question {i}", f"Served answer {i}") for i in range(5)]
+    served = [ids[1] for _, ids in convs]
+    from datetime import timedelta
+
+    from service.models import Message
+
+    for i, mid in enumerate(served):  # served after everything above, in this order
+        session.get(Message, mid).created_at += timedelta(seconds=1 + i)
+    session.flush()
+
+    snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.0, anchors=3))
+    anchors = service.load_split(snap.path, "sft", "anchor")
+    assert {r["lineage"]["message_id"] for r in anchors} == set(served[-3:])
+    assert all(r["lineage"]["source"] == "anchor" and not r["lineage"]["feedback_ids"] for r in anchors)
+    assert snap.manifest["anchors"]["rows"] == 3 and snap.counts["sft"]["train"] == 1  # anchors are not targets
+    assert {again[1], panned[1], flagged[1]}.isdisjoint(r["lineage"]["message_id"] for r in anchors)
+
+    everything = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.0, anchors=100))
+    kept = {r["lineage"]["message_id"] for r in service.load_split(everything.path, "sft", "anchor")}
+    assert kept == set(served)  # not corrected, bad, flagged, nor the prompt of a training example
+
+    mostly_eval = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.9, anchors=100))
+    kept = {r["lineage"]["message_id"] for r in service.load_split(mostly_eval.path, "sft", "anchor")}
+    assert kept == {ids[1] for conv, ids in convs if split_of(split_key(conv, None), 0.9) == "train"}
+    off = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.0))
+    assert not (Path(off.path) / "sft.anchor.jsonl").exists() and off.manifest["anchors"]["rows"] == 0
+
+
+def test_general_pool_anchors_are_never_targets(settings, session, reliability):
+    reviewer = f.reviewer(session)
+    _, m = f.conversation(session, "Capital of Australia?", "Sydney.")
+    f.correct(session, m[1], reviewer, "Canberra.")
+    session.flush()
+    snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.0, anchor_general=5))
+    anchors = service.load_split(snap.path, "sft", "anchor")
+    from retrain.datasets.replay import forgetting_set, general_examples
+
+    text = lambda r: json.dumps(r["messages"], sort_keys=True)  # noqa: E731
+    pool, held_out = {text(r) for r in general_examples()}, {text(r) for r in forgetting_set()}
+    assert len(anchors) == 5 and all(text(r) in pool - held_out for r in anchors)
+    assert snap.counts["sft"]["train"] == 1 and snap.manifest["anchors"]["general"] == 5

@@ -147,3 +147,59 @@ def test_keep_chooses_the_best_eval_or_the_last_step(keep, tiny_model_dir, tmp_p
     step = best_step if keep == "best" else result["steps"]
     saved = load_file(tmp_path / "checkpoints" / f"checkpoint-{step}" / "adapter_model.safetensors")
     assert kept.keys() == saved.keys() and all(torch.equal(kept[k], saved[k]) for k in kept)
+
+
+def test_anchor_kl_counts_only_reply_tokens():
+    from retrain.training.anchor import anchor_kl
+
+    torch.manual_seed(0)
+    champion = torch.randn(2, 5, 11)
+    labels = torch.tensor([[-100, -100, 3, 4, 5], [-100, -100, -100, -100, -100]])
+    assert anchor_kl(champion, champion, labels).item() == pytest.approx(0.0, abs=1e-6)
+    moved = champion.clone()
+    moved[0, 2:4] += torch.randn(2, 11)  # positions 2, 3 predict the reply tokens 3 and 4
+    assert anchor_kl(moved, champion, labels).item() > 0.01
+    elsewhere = champion.clone()
+    elsewhere[0, :1] += 5.0
+    elsewhere[1] += 5.0  # the second row has no reply tokens
+    assert anchor_kl(elsewhere, champion, labels).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_anchor_rows_hold_the_candidate_to_the_champion(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from retrain.training.anchor import anchor_kl
+
+    train = [ROWS["sft"](i) for i in range(8)]
+    anchors = [{"messages": [{"role": "user", "content": f"Tell me about animal {i}"},
+                             {"role": "assistant", "content": f"Animal {i} is a small mammal that eats seeds."}],
+                "lineage": {"conversation_id": f"served_{i}", "source": "anchor"}} for i in range(8)]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = [tok.apply_chat_template(a["messages"], tokenize=False) for a in anchors]
+    prompts = [tok.apply_chat_template(a["messages"][:1], tokenize=False, add_generation_prompt=True) for a in anchors]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    for i, p in enumerate(prompts):
+        labels[i, :len(tok(p)["input_ids"])] = -100
+    champion = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        champion_logits = champion(**batch).logits
+
+    def drift(weight: float) -> float:
+        config = load_config(data=fast_config(steps=6, sft={"max_steps": 6, "learning_rate": 1e-2, "lora_r": 4,
+                                                            "lora_alpha": 8, "anchor_weight": weight}))
+        out = tmp_path / f"w{weight}"
+        result = train_stage("sft", config, base_path=tiny_model_dir, merge=[], train=train, eval_rows=[], out=out,
+                             anchors=anchors)
+        assert result["anchor_rows"] == (8 if weight else 0)  # weight 0: anchors are ignored
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out / "final").eval()
+        with torch.no_grad():
+            return anchor_kl(model(**batch).logits, champion_logits, labels).item()
+
+    free, held = drift(0.0), drift(20.0)
+    assert free > 0 and held < 0.5 * free, (free, held)
+    with pytest.raises(LeakageError):  # an anchor from an eval conversation would leak into the held-out loss
+        train_stage("sft", load_config(data=fast_config(sft={"anchor_weight": 1.0})), base_path=tiny_model_dir,
+                    merge=[], train=train, eval_rows=[dict(ROWS["sft"](99), lineage={"conversation_id": "served_0"})],
+                    out=tmp_path / "leak", anchors=anchors)

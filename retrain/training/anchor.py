@@ -1,0 +1,60 @@
+"""Anchored SFT: the usual loss on the train rows plus a KL penalty that keeps the candidate's next-token
+distributions equal to the champion's on *anchor* rows (replies the champion served and nobody faulted).
+
+With LoRA the champion is the same network with the new adapter switched off, so the penalty costs one
+extra forward without gradients and no second model. Cross-entropy on the champion's own replies would
+sharpen its distribution toward them; the KL keeps the whole distribution, which is what protects the
+weakly held answers a small model loses first.
+"""
+
+import itertools
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+def anchor_kl(student_logits: torch.Tensor, champion_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over reply tokens of KL(champion ‖ student) for the next-token distributions."""
+    mask = labels[:, 1:] != -100
+    student = F.log_softmax(student_logits[:, :-1][mask].float(), dim=-1)
+    champion = F.log_softmax(champion_logits[:, :-1][mask].float(), dim=-1)
+    if student.numel() == 0:
+        return student_logits.sum() * 0.0
+    return F.kl_div(student, champion, log_target=True, reduction="batchmean")
+
+
+def anchored(trainer_cls):
+    """`trainer_cls` (an SFTTrainer) with `anchor_dataset` and `anchor_weight`: each training step adds
+    `anchor_weight` × the KL on one batch of anchor rows, cycling through them."""
+
+    class AnchoredSFTTrainer(trainer_cls):
+        def __init__(self, *args, anchor_dataset=None, anchor_weight: float = 0.0, **kw):
+            super().__init__(*args, **kw)
+            self.anchor_weight = anchor_weight
+            self._anchors: Iterator[dict] | None = None
+            if anchor_dataset is not None and len(anchor_dataset) and anchor_weight > 0:
+                prepared = self._prepare_dataset(anchor_dataset, self.processing_class, self.args, False, None,
+                                                 "anchor")
+                loader = torch.utils.data.DataLoader(
+                    prepared.select_columns(["input_ids", "labels"]), batch_size=self.args.per_device_train_batch_size,
+                    shuffle=True, collate_fn=self.data_collator,
+                    generator=torch.Generator().manual_seed(self.args.seed))
+                self._anchors = itertools.cycle(loader)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self._anchors is None or not model.training:
+                return result
+            batch = {k: v.to(self.args.device) for k, v in next(self._anchors).items()}
+            feed = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+            with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+                champion = model(**feed).logits
+            kl = anchor_kl(model(**feed).logits, champion, batch["labels"])
+            if (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func:
+                kl = kl / self.current_gradient_accumulation_steps  # the Trainer will not divide this loss
+            loss, *rest = result if return_outputs else (result,)
+            loss = loss + self.anchor_weight * kl
+            return (loss, *rest) if return_outputs else loss
+
+    return AnchoredSFTTrainer
