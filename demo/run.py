@@ -49,7 +49,7 @@ class Profile:
 
 
 def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fraction: float,
-                    anchor_weight: float) -> dict:
+                    anchor_weight: float, general_anchors: int) -> dict:
     return {
         "methods": ["sft"],
         "sft": {"learning_rate": lr, "num_train_epochs": epochs, "effective_batch_size": batch,
@@ -58,20 +58,21 @@ def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fr
                 # the eval split holds *other* facts than the train split: its best-loss checkpoint can come
                 # before the corrections are learned, so the last step becomes the candidate
                 "keep": "last", "anchor_weight": anchor_weight},
-        # end users' other replies hold the candidate to the champion (anchors) against forgetting
-        "snapshot_options": {"replay_fraction": replay, "eval_fraction": eval_fraction, "anchors": 256},
+        # end users' other replies and general-pool rows hold the candidate to the champion (anchors)
+        "snapshot_options": {"replay_fraction": replay, "eval_fraction": eval_fraction, "anchors": 256,
+                             "anchor_general": general_anchors},
         "save_steps": 10_000, "logging_steps": 1,
     }
 
 
 FULL = Profile(items=32, everyday=40, paraphrases=2, general=33, compare_budget=4, max_tokens=48,
                retrain=_retrain_config(epochs=4, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.15,
-                                       anchor_weight=1.0),
+                                       anchor_weight=1.0, general_anchors=170),
                gate_policy={"forgetting": {"answers": 64, "max_new_tokens": 48},
                             "evaluators": ["heldout", "preference", "forgetting", "golden"]})
 QUICK = Profile(items=8, everyday=8, paraphrases=1, general=8, compare_budget=1, max_tokens=32,
                 retrain=_retrain_config(epochs=8, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.3,
-                                        anchor_weight=1.0),
+                                        anchor_weight=1.0, general_anchors=16),
                 gate_policy={"forgetting": {"max_examples": 48, "answers": 12, "max_new_tokens": 32},
                              "evaluators": ["heldout", "preference", "forgetting", "golden"],
                              "heldout": {"max_examples": 64}, "preference": {"max_examples": 64}})
