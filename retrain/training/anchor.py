@@ -36,9 +36,12 @@ def anchored(trainer_cls):
             if anchor_dataset is not None and len(anchor_dataset) and anchor_weight > 0:
                 prepared = self._prepare_dataset(anchor_dataset, self.processing_class, self.args, False, None,
                                                  "anchor")
+                from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+                pad = self.processing_class.pad_token_id  # padded rows even where training packs (CUDA)
                 loader = torch.utils.data.DataLoader(
                     prepared.select_columns(["input_ids", "labels"]), batch_size=self.args.per_device_train_batch_size,
-                    shuffle=True, collate_fn=self.data_collator,
+                    shuffle=True, collate_fn=DataCollatorForLanguageModeling(pad_token_id=pad),
                     generator=torch.Generator().manual_seed(self.args.seed))
                 self._anchors = itertools.cycle(loader)
 

@@ -62,7 +62,8 @@ class SFTOptions(MethodConfig):
         default=None)
     anchor_weight: float = _help(
         "Weight of a KL penalty that keeps the candidate's token distributions equal to the champion's on the "
-        "snapshot's anchor rows (served replies nobody faulted), against forgetting; 0: off.", default=0.0)
+        "snapshot's anchor rows (served replies nobody faulted), against forgetting; 0: off. Each step then "
+        "also runs one anchor batch forward twice (with and without the new LoRA) and backward once.", default=1.0)
 
 
 @dataclass
@@ -127,8 +128,10 @@ class RetrainConfig:
     snapshot_path: str | None = _help(
         "Train on this existing snapshot directory instead of building a new one.", default=None)
     snapshot_options: dict[str, Any] = _help(
-        "Options for the dataset builder (retrain.datasets BuildOptions); by default a 20% replay mix of general "
-        "instructions against catastrophic forgetting.", default_factory=lambda: {"replay_fraction": 0.2})
+        "Options for the dataset builder (retrain.datasets BuildOptions); by default anchor rows against "
+        "forgetting (the latest 256 unfaulted served replies and 64 general-pool rows) and no replay: as training "
+        "targets the pool's short answers cost more general answers than they saved (retrain/datasets/data).",
+        default_factory=lambda: {"anchors": 256, "anchor_general": 64})
     evaluate: bool = _help("Hand the candidate to the evaluators when training succeeds.", default=True)
     max_wall_s: float | None = _help("Stop training (keeping the best checkpoint) after this many seconds.",
                                      default=None)
