@@ -526,7 +526,7 @@ def print_summary(summary: dict[str, Any], times: dict[str, float], report: Path
 
 def main(quick: bool = False, base_model: str | None = None, data_dir: Path | None = None, seed: int = 7,
          port: int | None = None, epochs: float | None = None, learning_rate: float | None = None,
-         items: int | None = None) -> Path:
+         items: int | None = None, anchor_weight: float | None = None) -> Path:
     """Run the demo; returns the path of the HTML report (its JSON lies beside it)."""
     profile = QUICK if quick else FULL
     profile = Profile(**{**asdict(profile)})
@@ -536,6 +536,8 @@ def main(quick: bool = False, base_model: str | None = None, data_dir: Path | No
         profile.retrain["sft"]["num_train_epochs"] = epochs
     if learning_rate:
         profile.retrain["sft"]["learning_rate"] = learning_rate
+    if anchor_weight is not None:
+        profile.retrain["sft"]["anchor_weight"] = anchor_weight
     if data_dir is None:
         from core.settings import get_settings
 

@@ -98,6 +98,8 @@ def demo(
     items: int = typer.Option(None, help="Number of corpus questions (default 32, quick 8)."),
     epochs: float = typer.Option(None, help="SFT epochs passed to the retrain run."),
     learning_rate: float = typer.Option(None, help="SFT learning rate passed to the retrain run."),
+    anchor_weight: float = typer.Option(None, help="SFT anchor_weight: KL to the champion on anchor rows "
+                                        "(default 1; 0 trains without anchors)."),
 ) -> None:
     """Play the whole loop on a fresh store through the HTTP API and report the measured improvement."""
     from pathlib import Path
@@ -105,7 +107,7 @@ def demo(
     from demo.run import main
 
     main(quick=quick, base_model=base_model, data_dir=Path(data_dir) if data_dir else None, seed=seed,
-         items=items, epochs=epochs, learning_rate=learning_rate)
+         items=items, epochs=epochs, learning_rate=learning_rate, anchor_weight=anchor_weight)
 
 
 if __name__ == "__main__":

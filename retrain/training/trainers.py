@@ -256,7 +256,7 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
         from dataclasses import replace
 
         opts = replace(opts, **overrides)
-    anchors = anchors if method == "sft" and getattr(opts, "anchor_weight", 0) > 0 else []
+    anchors = (anchors or []) if method == "sft" and getattr(opts, "anchor_weight", 0) > 0 else []
     assert_no_leakage(train + anchors, eval_rows)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
