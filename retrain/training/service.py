@@ -4,6 +4,7 @@ Functions take `session` first and only flush."""
 import json
 import logging
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,15 @@ class RetrainLock:
                 self._conn.close()
                 self._conn = None
 
-    def held_elsewhere(self) -> bool:
-        """True when another process holds the lock right now."""
-        if self.acquire():
-            self.release()
-            return False
+    def held_elsewhere(self, probes: int = 3, gap_s: float = 0.2) -> bool:
+        """True when another process holds the lock: in every one of a few probes, so that another
+        process's momentary probe is not taken for a running retrain."""
+        for i in range(probes):
+            if self.acquire():
+                self.release()
+                return False
+            if i + 1 < probes:
+                time.sleep(gap_s)
         return True
 
     def __enter__(self) -> bool:

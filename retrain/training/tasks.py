@@ -96,15 +96,18 @@ def scheduled_retrain() -> int | None:
             config = to_dict(load_config())
             since = service.last_trained_at(session)
             new = service.new_feedback_since(session, since)
+            # claim the slot before probing the lock: a second scheduler firing now waits on this insert
+            # (unique slot) and then gives up, instead of taking our probe for a running retrain
+            run = service.create_run(session, trigger=RunTrigger.schedule, config=config, slot=slot,
+                                     reason=f"scheduled ({new} new feedback)")
             skip = None
             if service.RetrainLock(settings).held_elsewhere():
                 skip = "another retrain is running (lock held)"
             elif new < settings.retrain_min_feedback:
                 skip = (f"too little new feedback: {new} since "
                         f"{since.isoformat() if since else 'the start'} < minimum {settings.retrain_min_feedback}")
-            run = service.create_run(session, trigger=RunTrigger.schedule, config=config, slot=slot,
-                                     status_=RunStatus.skipped if skip else RunStatus.queued,
-                                     reason=skip or f"scheduled ({new} new feedback)")
+            if skip:
+                service.finish(session, run, RunStatus.skipped, reason=skip)
     except IntegrityError:  # another scheduler took this slot first
         log.info("retrain slot %s taken by another process", slot)
         return None
