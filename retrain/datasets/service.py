@@ -60,7 +60,7 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
         clock = now
 
     step("reading feedback")
-    store = load_store(session, options.as_of, served=options.anchors and options.anchors * 4)
+    store = load_store(session, options.as_of, served=options.anchors * 4)
     lap("read")
     reliability, reliability_source = _reliability(session)
     lap("reliability")
