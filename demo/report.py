@@ -10,7 +10,7 @@ from typing import Any
 
 LABELS = {"corrected_train": "corrected prompts (train split)", "paraphrases": "paraphrases of them (never reviewed)",
           "corrected_eval": "corrected prompts (eval split, not trained on)", "uncorrected": "asked, not corrected",
-          "general": "general set (base model already right)"}
+          "general": "general set (not picked by the base model's answers)"}
 
 
 def _png(fig) -> str:
@@ -97,6 +97,11 @@ def render(results: dict[str, Any]) -> str:
         parts.append(f"<tr><td>{e(LABELS[key])}</td><td>{row['n']}</td><td>{_pct(row['before'])}</td>"
                      f"<td>{_pct(row['after'])}</td></tr>")
     parts.append("</table>")
+    churn = s.get("general_churn") or {}
+    parts.append(f"<p>General set churn: the candidate lost {_fmt(churn.get('lost'))} answers the base model had "
+                 f"right and gained {_fmt(churn.get('gained'))} it had wrong. The set is fixed, not picked by what "
+                 "the base model answers: a set picked for being right can only get worse, since a small model's "
+                 "weakly held answers flip both ways under any update.</p>")
     if "accuracy" in plots:
         parts.append(f"<img src='{plots['accuracy']}' alt='accuracy before and after'>")
 
@@ -105,7 +110,7 @@ def render(results: dict[str, Any]) -> str:
     names = {"corrected_train": "corrected train prompts answered with the correction",
              "paraphrases": "paraphrases answered correctly",
              "forgetting_loss_increase": "loss increase on held-out general prompts (forgetting gate)",
-             "general_answer_drop": "drop in the demo's general set answered correctly (greedy answers)"}
+             "general_answer_drop": "net drop in the general set's correct answers, relative (greedy answers)"}
     for key, v in s["targets"].items():
         verdict = {True: "<span class=ok>met</span>", False: "<span class=bad>NOT met</span>",
                    None: "<span class=na>not measured</span>"}[v["met"]]
@@ -218,8 +223,8 @@ def why(results: dict[str, Any]) -> str:
         lost = [g["id"] for g in results["general"]
                 if results["before"]["general"].get(g["id"], {}).get("correct")
                 and not results["after"]["general"].get(g["id"], {}).get("correct")]
-        notes.append(f"The model forgot answers it knew: {len(lost)} questions of the demo's general set that the "
-                     f"base model answered right are now answered wrongly ({', '.join(lost)}; see the table below). "
+        notes.append(f"The model answers fewer of the demo's general questions: {len(lost)} that the base model "
+                     f"answered right are now answered wrongly ({', '.join(lost)}; see the table below). "
                      "Remedies: a higher `sft.anchor_weight` or more anchor rows (snapshot option `anchors`), "
                      "fewer epochs or a lower learning rate.")
     if t["corrected_train"]["met"] is None:

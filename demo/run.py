@@ -41,7 +41,7 @@ class Profile:
     items: int
     everyday: int             # questions the base model answers well, asked too: reviewers approve them
     paraphrases: int          # per corrected question, asked only after training (never reviewed)
-    general: int              # forgetting check: questions the base model already answers
+    general: int              # forgetting check: general questions, not chosen by what the base model answers
     compare_budget: int       # candidate generations are slow on CPU: cap the comparisons
     max_tokens: int
     retrain: dict[str, Any]
@@ -58,14 +58,15 @@ def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fr
                 # the eval split holds *other* facts than the train split: its best-loss checkpoint can come
                 # before the corrections are learned, so the last step becomes the candidate
                 "keep": "last", "anchor_weight": anchor_weight},
-        # end users' other replies and general-pool rows hold the candidate to the champion (anchors)
+        # end users' other replies (approved ones included: the champion's own, so not trained on) and
+        # general-pool rows hold the candidate to the champion (anchors)
         "snapshot_options": {"replay_fraction": replay, "eval_fraction": eval_fraction, "anchors": 256,
-                             "anchor_general": general_anchors},
+                             "approved_as_anchors": True, "anchor_general": general_anchors},
         "save_steps": 10_000, "logging_steps": 1,
     }
 
 
-FULL = Profile(items=32, everyday=40, paraphrases=2, general=33, compare_budget=4, max_tokens=48,
+FULL = Profile(items=32, everyday=40, paraphrases=2, general=60, compare_budget=4, max_tokens=48,
                retrain=_retrain_config(epochs=4, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.15,
                                        anchor_weight=1.0, general_anchors=170),
                gate_policy={"forgetting": {"answers": 64, "max_new_tokens": 48},
@@ -477,7 +478,11 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "forgetting_loss_increase": _verdict(loss_increase, TARGETS["forgetting_loss_increase"], at_least=False),
         "general_answer_drop": _verdict(_drop(rows["general"]), TARGETS["forgetting_loss_increase"], at_least=False),
     }
+    flips = [(before["general"][i]["correct"], after["general"][i]["correct"]) for i in before["general"]
+             if i in after["general"]]
+    churn = {"lost": sum(b and not a for b, a in flips), "gained": sum(a and not b for b, a in flips)}
     return {"accuracy": rows, "gate_figures": figures, "forgetting_loss_increase": loss_increase,
+            "general_churn": churn,
             "anchors": results.get("anchors"),
             "targets": targets, "promoted": results.get("promoted"), "forced": results.get("forced"),
             "run_status": (results.get("run") or {}).get("status"),
@@ -485,8 +490,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _drop(row: dict) -> float | None:
-    """Share of the general set answered correctly before minus after (positive = forgot)."""
-    return None if row["before"] is None or row["after"] is None else row["before"] - row["after"]
+    """Relative net drop of the general set's correct answers, (before - after) / before (positive = forgot)."""
+    return None if not row["before"] or row["after"] is None else (row["before"] - row["after"]) / row["before"]
 
 
 def _verdict(value: float | None, target: float, at_least: bool) -> dict:
@@ -501,10 +506,13 @@ def print_summary(summary: dict[str, Any], times: dict[str, float], report: Path
     fmt = lambda v: "–" if v is None else f"{v:.0%}"  # noqa: E731
     labels = {"corrected_train": "corrected prompts (train split)", "paraphrases": "their paraphrases (unseen)",
               "corrected_eval": "corrected prompts (eval split)", "uncorrected": "asked, not corrected",
-              "general": "general set (already known)"}
+              "general": "general set (not picked by answers)"}
     for key, row in summary["accuracy"].items():
         table.add_row(labels[key], str(row["n"]), fmt(row["before"]), fmt(row["after"]))
     console.print(table)
+    churn = summary.get("general_churn") or {}
+    console.print(f"general set: the candidate lost {churn.get('lost', '–')} answers the base model had right and "
+                  f"gained {churn.get('gained', '–')} it had wrong")
     figures = summary["gate_figures"]
     console.print(f"held-out loss (gate): champion {figures['heldout_loss']['champion']} → candidate "
                   f"{figures['heldout_loss']['candidate']}")

@@ -75,23 +75,41 @@ def test_answer_states_the_reference_beyond_what_the_question_says():
 
 
 def test_forgetting_gate_catches_lost_answers_that_loss_misses(tmp_path):
-    questions = {"What is the capital of France?": "Paris", "Who wrote Hamlet?": "William Shakespeare",
-                 "What do bees make?": "Honey", "Hi!": "Hello"}
+    facts = {"What is the capital of France?": "Paris", "Who wrote Hamlet?": "Shakespeare",
+             "What do bees make?": "Honey", "Which planet is the Red Planet?": "Mars",
+             "Who painted the Mona Lisa?": "Leonardo", "What is the largest ocean?": "Pacific", "Hi!": "Hello"}
     path = tmp_path / "general.jsonl"
-    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for q, a in questions.items()]
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"It is {a}."}]}
+            for q, a in facts.items()]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    champion = StubScorer("champ", {"What is the capital of France?": "The capital of France is Paris.",
-                                    "Who wrote Hamlet?": "Hamlet was written by William Shakespeare.",
-                                    "What do bees make?": "Bees make wax."})
-    terse = StubScorer("cand", {"What is the capital of France?": "Paris.", "Who wrote Hamlet?": "Nixon.",
-                                "What do bees make?": "Honey."})
+    asked = list(facts)[:6]
+    champion = StubScorer("champ", {q: f"It is {facts[q]}." for q in asked[:5]})  # knows 5 of 6
+    terse = StubScorer("cand", {q: "Nixon." for q in asked[:5]} | {asked[5]: "Atlantic."})
     result = forgetting.run(Context(candidate=terse, champion=champion), {"path": str(path)})
     assert result.value == 0.0  # both stubs score every reply alike: the loss check alone would pass
-    assert result.details["answers_known_by_champion"] == 2 and result.details["answers_lost"] == 1
-    assert result.details["answers_gained"] == 1 and result.details["lost_prompts"] == ["Who wrote Hamlet?"]
+    assert result.details["answers_known_by_champion"] == 5 and result.details["answers_lost"] == 5
+    assert result.details["answers_gained"] == 0 and result.details["answer_drop"] == 1.0
+    assert result.details["lost_prompts"] == asked[:5] and result.details["answer_p_value"] < 0.05
     assert result.passed is False
     assert forgetting.run(Context(candidate=champion, champion=champion), {"path": str(path)}).passed is True
+
+
+def test_forgetting_gate_reads_answers_that_flip_both_ways_as_churn(tmp_path):
+    facts = {f"Question {i}?": f"answer{i}" for i in range(8)}
+    path = tmp_path / "general.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                     {"role": "assistant", "content": a}]}) + "\n"
+                            for q, a in facts.items()))
+    champion = StubScorer("champ", {q: facts[q] for q in list(facts)[:4]})
+    churned = StubScorer("cand", {q: facts[q] for q in list(facts)[2:7]})  # lost 2, gained 3
+    result = forgetting.run(Context(candidate=churned, champion=champion), {"path": str(path)})
+    assert (result.details["answers_lost"], result.details["answers_gained"]) == (2, 3) and result.passed is True
+    worse = StubScorer("cand", {q: facts[q] for q in list(facts)[2:5]})  # lost 2, gained 1: net drop 25%
+    result = forgetting.run(Context(candidate=worse, champion=champion), {"path": str(path)})
+    assert result.details["answer_drop"] == 0.25 and result.details["answer_p_value"] > 0.05
+    assert result.passed is True  # two losses against one gain are within churn
+    strict = forgetting.run(Context(candidate=worse, champion=champion), {"path": str(path), "answer_alpha": 1.0})
+    assert strict.passed is False  # alpha 1: any net drop above max_answer_drop fails
 
 
 def test_position_swap_turns_a_biased_judge_into_ties():
