@@ -58,16 +58,15 @@ def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fr
                 # the eval split holds *other* facts than the train split: its best-loss checkpoint can come
                 # before the corrections are learned, so the last step becomes the candidate
                 "keep": "last", "anchor_weight": anchor_weight},
-        # end users' other replies (approved ones included: the champion's own, so not trained on) and
-        # general-pool rows hold the candidate to the champion (anchors)
+        # end users' other replies and general-pool rows hold the candidate to the champion (anchors)
         "snapshot_options": {"replay_fraction": replay, "eval_fraction": eval_fraction, "anchors": 256,
-                             "approved_as_anchors": True, "anchor_general": general_anchors},
+                             "anchor_general": general_anchors},
         "save_steps": 10_000, "logging_steps": 1,
     }
 
 
 FULL = Profile(items=32, everyday=40, paraphrases=2, general=60, compare_budget=4, max_tokens=48,
-               retrain=_retrain_config(epochs=4, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.15,
+               retrain=_retrain_config(epochs=6, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.15,
                                        anchor_weight=1.0, general_anchors=170),
                gate_policy={"forgetting": {"answers": 64, "max_new_tokens": 48},
                             "evaluators": ["heldout", "preference", "forgetting", "golden"]})

@@ -40,10 +40,6 @@ class BuildOptions(BaseModel):
     anchors: int = Field(0, ge=0, le=100_000, description="Most recent served replies nobody faulted, written "
                          "as sft.anchor.jsonl: SFT with sft.anchor_weight > 0 keeps the candidate's token "
                          "distributions on them equal to the champion's, against forgetting (0 = off).")
-    approved_as_anchors: bool = Field(False, description="With anchors on, replies reviewers rated good in the "
-                                      "train split are held as anchor rows instead of trained on: when the "
-                                      "champion served them (greedy serving), training on its own reply only "
-                                      "sharpens it, while the KL keeps it and moves nothing else.")
     anchor_general: int = Field(0, ge=0, le=10_000, description="Rows of the shipped general pool "
                                 "(retrain/datasets/data/general.jsonl) added to the anchors, not trained on.")
     paraphrases: int = Field(0, ge=0, le=10, description="Paraphrase variants per corrected prompt (0 = off).")

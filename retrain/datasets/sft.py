@@ -1,7 +1,6 @@
 """SFT examples: the conversation up to a reply + the consensus correction, or + the reply itself
 when reviewers agree it is good (every rubric dimension ≥ threshold, or a reviewer's thumbs up) and it
-was not cut off by max_tokens (training on it would teach the model to stop mid-sentence). With
-`approved_as_anchors`, such replies in the train split become anchor rows instead."""
+was not cut off by max_tokens (training on it would teach the model to stop mid-sentence)."""
 
 from retrain.datasets.common import Assessment, Example, Prep, lineage, reviewer_verdict
 
@@ -34,9 +33,6 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> 
             continue
         if prep.store.turn(mid).finish_reason == "length":
             prep.drop("sft", "truncated")
-            continue
-        if prep.options.approved_as_anchors and prep.options.anchors and ctx.split == "train":
-            prep.drop("sft", "held_as_anchor")  # anchors.build takes it: a served reply nobody faulted
             continue
         row = {"messages": ctx.prompt + [{"role": "assistant", "content": ctx.target}],
                "lineage": lineage(ctx, a.reviewer_ids, a.reviewers, via="top_rated")}

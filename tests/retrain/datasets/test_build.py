@@ -289,25 +289,6 @@ def test_anchors_are_the_latest_unfaulted_train_replies(settings, session, relia
     assert not (Path(off.path) / "sft.anchor.jsonl").exists() and off.manifest["anchors"]["rows"] == 0
 
 
-def test_approved_replies_can_be_held_as_anchors_instead_of_trained(settings, session, reliability):
-    reviewer = f.reviewer(session)
-    reliability[reviewer] = 0.9
-    _, fixed = f.conversation(session, "Capital of Australia?", "Sydney.")
-    f.correct(session, fixed[1], reviewer, "Canberra.")
-    _, good = f.conversation(session, "Capital of Japan?", "Tokyo.")
-    f.rate(session, good[1], reviewer, all=5)
-    session.flush()
-    trained = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.0, anchors=10))
-    assert {r["lineage"]["via"] for r in service.load_split(trained.path, "sft", "train")} == {"correction",
-                                                                                             "top_rated"}
-    held = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.0, anchors=10,
-                                                                  approved_as_anchors=True))
-    train = service.load_split(held.path, "sft", "train")
-    assert [r["lineage"]["via"] for r in train] == ["correction"]
-    assert good[1] in {r["lineage"]["message_id"] for r in service.load_split(held.path, "sft", "anchor")}
-    assert held.manifest["filters"]["sft"]["held_as_anchor"] == 1
-
-
 def test_general_pool_anchors_are_never_targets(settings, session, reliability):
     reviewer = f.reviewer(session)
     _, m = f.conversation(session, "Capital of Australia?", "Sydney.")
