@@ -66,7 +66,7 @@ def _retrain_config(epochs: float, lr: float, batch: int, replay: float, eval_fr
 
 
 FULL = Profile(items=32, everyday=40, paraphrases=2, general=60, compare_budget=4, max_tokens=48,
-               retrain=_retrain_config(epochs=6, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.15,
+               retrain=_retrain_config(epochs=6, lr=1.5e-3, batch=8, replay=0.0, eval_fraction=0.25,
                                        anchor_weight=1.0, general_anchors=170),
                gate_policy={"forgetting": {"answers": 64, "max_new_tokens": 48},
                             "evaluators": ["heldout", "preference", "forgetting", "golden"]})
