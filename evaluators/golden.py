@@ -67,6 +67,7 @@ def run(ctx: Context, cfg: dict) -> EvalResult:
     threshold = cfg.get("min_pass_rate", 0.0)
     max_regressions = cfg.get("max_regressions", 0)
     passed = check(cand_rate, at_least=threshold) and len(regressions) <= max_regressions
+    note = f"regressed: {', '.join(regressions)} (at most {max_regressions})" if regressions else ""
     return EvalResult(name=NAME, metric=METRIC, value=cand_rate, threshold=threshold, passed=passed,
-                      candidate=cand_rate, champion=champ_rate, n=len(rows),
+                      candidate=cand_rate, champion=champ_rate, n=len(rows), note=note,
                       details={"regressions": regressions, "max_regressions": max_regressions, "prompts": rows})

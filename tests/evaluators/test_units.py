@@ -61,6 +61,7 @@ def test_golden_regression_fails_the_gate(tmp_path):
     worse = StubScorer("cand", {"capital?": "Lyon.", "hi": "hello"})
     result = golden.run(Context(candidate=worse, champion=champion), {"path": str(path)})
     assert result.passed is False and result.details["regressions"] == ["a"] and result.value == 0.5
+    assert result.note == "regressed: a (at most 0)"  # the gate's reason names the prompt
     same = golden.run(Context(candidate=champion, champion=worse), {"path": str(path)})
     assert same.details["regressions"] == ["b"]
     tolerant = golden.run(Context(candidate=worse, champion=champion), {"path": str(path), "max_regressions": 1})
