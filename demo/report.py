@@ -97,9 +97,9 @@ def render(results: dict[str, Any]) -> str:
         parts.append(f"<tr><td>{e(LABELS[key])}</td><td>{row['n']}</td><td>{_pct(row['before'])}</td>"
                      f"<td>{_pct(row['after'])}</td></tr>")
     parts.append("</table>")
-    churn = s.get("general_churn") or {}
-    parts.append(f"<p>General set churn: the candidate lost {_fmt(churn.get('lost'))} answers the base model had "
-                 f"right and gained {_fmt(churn.get('gained'))} it had wrong. The set is fixed, not picked by what "
+    churn = s["general_churn"]
+    parts.append(f"<p>General set churn: the candidate lost {len(churn['lost'])} answers the base model had "
+                 f"right and gained {len(churn['gained'])} it had wrong. The set is fixed, not picked by what "
                  "the base model answers: a set picked for being right can only get worse, since a small model's "
                  "weakly held answers flip both ways under any update.</p>")
     if "accuracy" in plots:
@@ -220,9 +220,7 @@ def why(results: dict[str, Any]) -> str:
     if t["forgetting_loss_increase"]["met"] is False:
         notes.append("The forgetting set's loss rose more than 5% (the gate's set, shipped with the product).")
     if t.get("general_answer_drop", {}).get("met") is False and measured_candidate:
-        lost = [g["id"] for g in results["general"]
-                if results["before"]["general"].get(g["id"], {}).get("correct")
-                and not results["after"]["general"].get(g["id"], {}).get("correct")]
+        lost = s["general_churn"]["lost"]
         notes.append(f"The model answers fewer of the demo's general questions: {len(lost)} that the base model "
                      f"answered right are now answered wrongly ({', '.join(lost)}; see the table below). "
                      "Remedies: a higher `sft.anchor_weight` or more anchor rows (snapshot option `anchors`), "

@@ -477,9 +477,10 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "forgetting_loss_increase": _verdict(loss_increase, TARGETS["forgetting_loss_increase"], at_least=False),
         "general_answer_drop": _verdict(_drop(rows["general"]), TARGETS["forgetting_loss_increase"], at_least=False),
     }
-    flips = [(before["general"][i]["correct"], after["general"][i]["correct"]) for i in before["general"]
-             if i in after["general"]]
-    churn = {"lost": sum(b and not a for b, a in flips), "gained": sum(a and not b for b, a in flips)}
+    flips = {i: (before["general"][i]["correct"], after["general"][i]["correct"]) for i in sorted(before["general"])
+             if i in after["general"]}
+    churn = {"lost": [i for i, (b, a) in flips.items() if b and not a],
+             "gained": [i for i, (b, a) in flips.items() if a and not b]}
     return {"accuracy": rows, "gate_figures": figures, "forgetting_loss_increase": loss_increase,
             "general_churn": churn,
             "anchors": results.get("anchors"),
@@ -509,9 +510,9 @@ def print_summary(summary: dict[str, Any], times: dict[str, float], report: Path
     for key, row in summary["accuracy"].items():
         table.add_row(labels[key], str(row["n"]), fmt(row["before"]), fmt(row["after"]))
     console.print(table)
-    churn = summary.get("general_churn") or {}
-    console.print(f"general set: the candidate lost {churn.get('lost', '–')} answers the base model had right and "
-                  f"gained {churn.get('gained', '–')} it had wrong")
+    churn = summary["general_churn"]
+    console.print(f"general set: the candidate lost {len(churn['lost'])} answers the base model had right and "
+                  f"gained {len(churn['gained'])} it had wrong")
     figures = summary["gate_figures"]
     console.print(f"held-out loss (gate): champion {figures['heldout_loss']['champion']} → candidate "
                   f"{figures['heldout_loss']['candidate']}")
