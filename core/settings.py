@@ -64,6 +64,20 @@ class Settings(BaseSettings):
     review_calibration_rate: float = Field(0.05, ge=0, le=1, description="Share of other replies sampled into the queue.")
     review_low_confidence: float = Field(-1.5, description="Mean token log-prob below which a reply is queued as low confidence.")
     review_disagreement_threshold: float = Field(1.0, description="Score spread (max-min) above which an item goes to adjudication.")
+    review_gold_rate: float = Field(
+        0.1, ge=0, le=1, description="Share of each reviewer's claims served from gold items it has not answered yet "
+        "(once an admin has marked gold items); 0 = only the ordinary queue.")
+    review_gold_tolerance: int = Field(
+        1, ge=0, le=4, description="A score on a gold item within this many points of the known answer counts as correct.")
+    review_reliability_prior: tuple[float, float] = Field(
+        (2.0, 1.0), description="Beta(a, b) prior of a reviewer's gold reliability (mean a/(a+b)): few gold answers "
+        "never give 0 or 1.")
+    review_reliability_floor: float = Field(
+        0.5, ge=0, le=1, description="Reviewers whose gold reliability is below this are flagged and their labels "
+        "weigh nothing in dataset builds.")
+    review_good_min_score: int = Field(
+        4, ge=1, le=5, description="A rating with every dimension at least this says the reply is good (a correction "
+        "of such a reply goes to adjudication).")
 
     @property
     def db_url(self) -> str:

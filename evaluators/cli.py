@@ -25,9 +25,13 @@ def eval_command(
     candidate: str = typer.Argument(..., help="Registered model version to evaluate against the champion."),
     snapshot: Path = typer.Option(None, help="Dataset snapshot dir (default: the version's snapshot)."),
     policy: Path = typer.Option(None, help="Gate policy YAML merged over the default (or HITL_GATE_POLICY)."),
-    decide: bool = typer.Option(True, help="Apply the decision: promote / challenger / reject."),
+    decide: bool = typer.Option(True, help="Apply the decision: promote / challenger / insufficient_evidence "
+                                           "(held as a candidate) / reject."),
 ) -> None:
-    """Run the evaluation gates; write report.json + report.html and store them with the version."""
+    """Run the evaluation gates; write report.json + report.html and store them with the version.
+
+    Decisions: promoted (or challenger with canary), insufficient_evidence (a required gate had too little
+    data: not promoted, exit 3), rejected (exit 2)."""
     from evaluators.gate import evaluate_version, load_policy
 
     migrate()
@@ -37,14 +41,19 @@ def eval_command(
     except Exception as exc:  # noqa: BLE001 - any failure is reported, not traced
         _fail(exc)
     for r in report["results"]:
-        ci = f" CI [{r['ci'][0]:.3g}, {r['ci'][1]:.3g}]" if r["ci"] else ""
+        ci = f" bounds [{r['ci'][0]:.3g}, {r['ci'][1]:.3g}]" if r["ci"] else ""
         value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
-        mark = {True: "pass", False: "FAIL", None: "n/a"}[r["passed"]]
-        typer.echo(f"{r['name']:<11} {mark:<4} {value}{ci} (threshold {r['threshold']}) {r['note']}")
-    typer.echo(f"decision: {report.get('decision') or ('pass' if report['passed'] else 'fail')}")
+        mark = {True: "pass", False: "FAIL"}.get(r["passed"]) or (
+            "insufficient" if r.get("evidence") == "insufficient" else "n/a")
+        n = f" n={r['n']}" + (f"/{r['min_n']}" if r.get("min_n") else "")
+        typer.echo(f"{r['name']:<17} {mark:<4} {value}{ci} (threshold {r['threshold']}){n} {r['note']}")
+    typer.echo(f"decision: {report.get('decision') or report.get('outcome')}  "
+               f"(gates {report.get('timings', {}).get('total_s')} s)")
     for reason in report["reasons"]:
         typer.echo(f"  - {reason}")
     typer.echo(f"report: {report['report_paths']['html']}")
+    if report.get("outcome") == "insufficient_evidence":
+        raise typer.Exit(3)
     if not report["passed"]:
         raise typer.Exit(2)
 

@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/models", tags=["models"])
 
 def _public(row, aliases: list[str]) -> ModelVersionPublic:
     report = row.gate_report or {}
-    gate = {k: report.get(k) for k in ("passed", "decision", "reasons", "champion")} if report else None
+    gate = {k: report.get(k) for k in ("passed", "outcome", "decision", "reasons", "champion", "reference")} if report else None
     return ModelVersionPublic(**row.model_dump(exclude={"gate_report"}), aliases=aliases, gate=gate)
 
 

@@ -1,103 +1,154 @@
-"""Forgetting / regression guard: a fixed general-instruction set shipped with the project. The candidate's
-loss there may not rise beyond a threshold, and it may not answer fewer of the prompts than the champion.
+"""Forgetting guards, both non-inferiority tests against the champion.
 
-Loss alone misses forgetting: a candidate that learned a terse style can score *lower* loss on short
-references while it stops answering questions it knew. The answer check compares what each model says.
+General set (`forgetting`): a fixed set of general questions with answer aliases and a one-sentence
+reference (evaluators/data/forgetting.jsonl, read through `evaluators.answers`). Both models answer
+greedily; an answer is checked with `answers.correct`. The harm is the *net* drop: (answers lost - answers
+gained) / answers the champion got right, paired per item. Counting only losses would read churn as
+forgetting (a small model's weakly held answers flip both ways under any LoRA update; answers picked for
+being right can only get worse), so gains offset losses. The gate passes only when the upper confidence
+bound of the net drop is within `answer_margin` and that of the relative loss increase on the references
+within `loss_margin`: a drop that is merely "not significant" on a dozen known answers does not pass,
+it is insufficient evidence (below `min_n` known answers) or a failure (bound beyond the margin).
 
-It counts the net change (answers lost minus answers gained, over the champion's correct answers) and
-fails only when that drop passes `max_answer_drop` *and* the losses significantly outnumber the gains
-(one-sided sign test on the prompts where the two models disagree, McNemar's exact test). A small model's
-weakly held answers flip both ways under any LoRA update: on 60 general questions SmolLM2-135M answered
-27, a run at lr 5e-4 that learned 9 of 25 corrections lost 8 and gained 9, and one at 1.5e-3 that learned
-18 lost 6 and gained 9. Counting only the losses among the champion's correct answers reads that churn as
-forgetting (those answers were picked for being right, so they can only get worse) and rejects any
-candidate on a set of a dozen known prompts."""
+Domain set (`domain_forgetting`): the sft.test rows with `lineage.origin == "approved"`, the champion's own
+replies that reviewers rated well. The candidate's loss on them may not rise beyond `loss_margin` (upper
+bound, bootstrapped over question groups). Not applicable with fewer than `min_n` such rows."""
 
-import re
+from collections import defaultdict
 from pathlib import Path
 
-from scipy.stats import binomtest
+import numpy as np
 
-from evaluators.context import Context
-from evaluators.heldout import token_loss
-from evaluators.result import EvalResult, bootstrap_ci, check, skipped
-from evaluators.scoring import read_jsonl, split_sft
+from evaluators import answers
+from evaluators import policy as P
+from evaluators.context import Context, content_hash, row_group
+from evaluators.heldout import nll_columns, token_loss
+from evaluators.result import EvalResult, bounds, harm_verdict, not_applicable, point, ratio, skipped
+from evaluators.scoring import split_sft
 
-NAME, METRIC = "forgetting", "relative loss increase on the general set vs champion"
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SETS = (ROOT / "retrain/datasets/data/forgetting.jsonl", ROOT / "retrain/datasets/data/general.jsonl")
+NAME, METRIC = "forgetting", "net answer drop on the general set vs champion ((lost - gained) / known)"
+DOMAIN, DOMAIN_METRIC = "domain_forgetting", "relative loss increase on approved champion replies (sft.test)"
+DEFAULT_SET = answers.DEFAULT_PATH
 
-
-def general_set(cfg: dict) -> tuple[Path | None, list[dict]]:
-    """The configured set, else the dataset domain's shipped file (its forgetting part when it marks one)."""
-    paths = [Path(cfg["path"])] if cfg.get("path") else list(DEFAULT_SETS)
-    for path in paths:
-        rows = [r for r in read_jsonl(path) if "messages" in r]
-        if rows and any("split" in r for r in rows):
-            rows = [r for r in rows if r.get("split") in ("forgetting", "eval", "test")]
-        if rows:
-            return path, rows[: cfg.get("max_examples") or None]
-    return None, []
+# statistics over summed columns
+net_drop = ratio(lambda s: s[..., 0] - s[..., 1], lambda s: np.maximum(s[..., 2], 1))  # (lost - gained) / known
+loss_increase = ratio(lambda s: s[..., 1] - s[..., 0], lambda s: s[..., 0])  # (other - base) / base NLL
 
 
-FILLER = frozenset("a an the of is are was were in on at to for and or it its this that by with as be".split())
+def load_items(path: str | None = None, max_examples: int | None = None) -> list[dict]:
+    items = list(answers.load_set(path) if path else answers.load_set())
+    items = items[:max_examples] if max_examples else items
+    return [dict(item, id=str(item.get("id", i))) for i, item in enumerate(items)]
 
 
-def words(text: str) -> set[str]:
-    return {w for w in re.findall(r"\w+", text.lower()) if w not in FILLER}
+def correctness(ctx: Context, scorer, items: list[dict], max_new_tokens: int) -> tuple[list[bool], list[str]]:
+    """Whether each greedy answer of `scorer` is correct, and the answers (cached per version and set)."""
+    replies = ctx.answers(scorer, [item["messages"] for item in items], max_new_tokens)
+    return [answers.correct(item, reply) for item, reply in zip(items, replies)], replies
 
 
-def states(answer: str, prompt: list[dict], reference: str) -> bool | None:
-    """Whether `answer` states the reference: at least half the reference's words that the question does not
-    already contain appear in it. None when the reference adds no such word (nothing to check)."""
-    asked = words(" ".join(m["content"] for m in prompt if m["role"] == "user"))
-    facts = words(reference) - asked
-    if not facts:
-        return None
-    return len(facts & words(answer)) >= len(facts) / 2
+def churn(base_ok: list[bool], other_ok: list[bool]) -> np.ndarray:
+    """Per item: (lost, gained, known by base)."""
+    b, o = np.asarray(base_ok, dtype=bool), np.asarray(other_ok, dtype=bool)
+    return np.stack([b & ~o, ~b & o, b], axis=1).astype(float).reshape(-1, 3)
 
 
-def run(ctx: Context, cfg: dict) -> EvalResult:
-    path, rows = general_set(cfg)
-    if not rows:
-        return skipped(NAME, METRIC, "no general set found (set forgetting.path in the gate policy)")
-    items = [split_sft(r) for r in rows]
-    cand = ctx.losses(ctx.candidate, f"general:{path}", items)
-    champ = ctx.losses(ctx.champion, f"general:{path}", items)
+def by_category(items: list[dict], **flags: list[bool]) -> dict[str, dict]:
+    out: dict[str, dict] = defaultdict(lambda: {"n": 0, **{k: 0.0 for k in flags}})
+    for i, item in enumerate(items):
+        row = out[str(item.get("category") or "general")]
+        row["n"] += 1
+        for key, values in flags.items():
+            row[key] += float(values[i])
+    return {cat: {"n": row["n"], **{k: row[k] / row["n"] for k in flags}} for cat, row in sorted(out.items())}
 
-    def increase(idx=None) -> float:
-        base = token_loss(champ, idx)
-        return (token_loss(cand, idx) - base) / base if base else 0.0
 
-    value, ci = increase(), bootstrap_ci(increase, len(items))
-    threshold = cfg.get("max_relative_loss_increase", 0.05)
-    passed = check(value, at_most=threshold, ci=ci, ci_upper_max=cfg.get("ci_upper_max"))
+def set_hash(items: list[dict], max_new_tokens: int) -> str:
+    return content_hash([(i["id"], i["messages"]) for i in items], max_new_tokens)
 
-    details: dict = {"set": str(path), "candidate_loss": token_loss(cand), "champion_loss": token_loss(champ)}
-    series = {"candidate_loss": [-s / max(n, 1) for s, n in cand], "champion_loss": [-s / max(n, 1) for s, n in champ]}
-    note, n_answers = "", min(cfg.get("answers", 64), len(items))
-    if n_answers:
-        prompts, refs = [p for p, _ in items[:n_answers]], [r for _, r in items[:n_answers]]
-        max_new = cfg.get("max_new_tokens", 48)
-        champ_ok = [states(a, p, r) for a, p, r in zip(ctx.champion.generate(prompts, max_new), prompts, refs)]
-        cand_ok = [states(a, p, r) for a, p, r in zip(ctx.candidate.generate(prompts, max_new), prompts, refs)]
-        known = [i for i, ok in enumerate(champ_ok) if ok]
-        lost = [i for i in known if not cand_ok[i]]
-        gained = [i for i, ok in enumerate(cand_ok) if ok and not champ_ok[i]]
-        drop = (len(lost) - len(gained)) / len(known) if known else 0.0
-        max_drop, alpha = cfg.get("max_answer_drop", 0.05), cfg.get("answer_alpha", 0.05)
-        p_value = binomtest(len(lost), len(lost) + len(gained), alternative="greater").pvalue if lost else 1.0
-        forgot = drop > max_drop and p_value < alpha
-        details.update(answers=n_answers, answers_known_by_champion=len(known), answers_lost=len(lost),
-                       answers_gained=len(gained), answer_drop=drop, max_answer_drop=max_drop,
-                       answer_p_value=p_value, answer_alpha=alpha,
-                       lost_prompts=[prompts[i][-1]["content"] for i in lost][:20],
-                       gained_prompts=[prompts[i][-1]["content"] for i in gained][:20])
-        passed = passed and not forgot
-        note = (f"answers: the candidate lost {len(lost)} of the {len(known)} prompts the champion answered and "
-                f"gained {len(gained)}: net drop {drop:.0%} (at most {max_drop:.0%}), sign test p = {p_value:.2f} "
-                f"({'losses outnumber gains' if p_value < alpha else 'not more losses than churn explains'} "
-                f"at {alpha:g})")
-    return EvalResult(name=NAME, metric=METRIC, value=value, threshold=threshold, passed=passed, ci=ci,
-                      candidate=details["candidate_loss"], champion=details["champion_loss"], n=len(items),
-                      note=note, details=details, series=series)
+
+def _combine(*verdicts: tuple[bool | None, str, str]) -> tuple[bool | None, str]:
+    passed = [v[0] for v in verdicts]
+    evidence = "insufficient" if any(v[1] == "insufficient" for v in verdicts) else "sufficient"
+    if any(p is False for p in passed):
+        return False, evidence
+    return (True if all(p is True for p in passed) else None), evidence
+
+
+def run(ctx: Context, cfg) -> EvalResult:
+    cfg = P.section(NAME, cfg)
+    items = load_items(cfg.path, cfg.max_examples)
+    if not items:
+        return skipped(NAME, METRIC, "insufficient evidence: no general forgetting set found "
+                                     f"({cfg.path or DEFAULT_SET}; set forgetting.path in the gate policy)")
+    champ_ok, champ_answers = correctness(ctx, ctx.champion, items, cfg.max_new_tokens)
+    cand_ok, cand_answers = correctness(ctx, ctx.candidate, items, cfg.max_new_tokens)
+    cols = churn(champ_ok, cand_ok)
+    known, lost, gained = int(cols[:, 2].sum()), int(cols[:, 0].sum()), int(cols[:, 1].sum())
+    value = point(cols, net_drop)
+    ci = bounds(cols, net_drop, confidence=cfg.confidence)
+    answers_verdict = harm_verdict(value, ci, cfg.answer_margin, known, cfg.min_n)
+
+    refs = [(item["messages"], item["reference"]) for item in items if item.get("reference")]
+    loss_value, loss_ci, loss_verdict, cand_loss, champ_loss = None, None, (None, "insufficient", "no references"), None, None
+    if refs:
+        cand_scores = ctx.losses(ctx.candidate, "general", refs)
+        champ_scores = ctx.losses(ctx.champion, "general", refs)
+        loss_cols = nll_columns(champ_scores, cand_scores)
+        loss_value = point(loss_cols, loss_increase)
+        loss_ci = bounds(loss_cols, loss_increase, confidence=cfg.confidence)
+        loss_verdict = harm_verdict(loss_value, loss_ci, cfg.loss_margin, len(refs), cfg.min_n)
+        cand_loss, champ_loss = token_loss(cand_scores), token_loss(champ_scores)
+    passed, evidence = _combine(answers_verdict, loss_verdict)
+
+    ids = [item["id"] for item in items]
+    lost_ids = [ids[i] for i in np.flatnonzero(cols[:, 0])]
+    gained_ids = [ids[i] for i in np.flatnonzero(cols[:, 1])]
+    cand_acc, champ_acc = float(np.mean(cand_ok)), float(np.mean(champ_ok))
+    note = (f"answers: lost {lost} of the {known} the champion knew, gained {gained}: net drop {value:.1%}, "
+            f"upper bound {ci[1] if ci else float('nan'):.1%} (margin {cfg.answer_margin:.0%}; {answers_verdict[2]}); "
+            f"loss increase {loss_value if loss_value is not None else float('nan'):+.1%}, upper bound "
+            f"{loss_ci[1] if loss_ci else float('nan'):+.1%} (margin {cfg.loss_margin:.0%}; {loss_verdict[2]})")
+    return EvalResult(
+        name=NAME, metric=METRIC, value=value, threshold=cfg.answer_margin, passed=passed, ci=ci,
+        candidate=cand_acc, champion=champ_acc, n=known, note=note, evidence=evidence, min_n=cfg.min_n,
+        bound=ci[1] if ci else None, confidence=cfg.confidence,
+        details={"set": str(cfg.path or DEFAULT_SET), "set_hash": set_hash(items, cfg.max_new_tokens),
+                 "items": len(items), "candidate_accuracy": cand_acc, "champion_accuracy": champ_acc,
+                 "answers_known_by_champion": known, "answers_lost": lost, "answers_gained": gained,
+                 "answer_drop": value, "answer_upper_bound": ci[1] if ci else None, "answer_margin": cfg.answer_margin,
+                 "answer_verdict": answers_verdict[2],
+                 "loss_increase": loss_value, "loss_ci": list(loss_ci) if loss_ci else None,
+                 "loss_margin": cfg.loss_margin, "loss_verdict": loss_verdict[2],
+                 "candidate_loss": cand_loss, "champion_loss": champ_loss,
+                 "lost_ids": lost_ids, "gained_ids": gained_ids,
+                 "lost_prompts": [items[i]["messages"][-1]["content"] for i in np.flatnonzero(cols[:, 0])][:20],
+                 "per_category": by_category(items, candidate=cand_ok, champion=champ_ok),
+                 "examples": [{"id": ids[i], "champion": champ_answers[i], "candidate": cand_answers[i]}
+                              for i in np.flatnonzero(cols[:, 0] + cols[:, 1])][:20]},
+    )
+
+
+def run_domain(ctx: Context, cfg) -> EvalResult:
+    cfg = P.section(DOMAIN, cfg)
+    rows = ctx.split("sft", "test", cfg.max_examples)
+    picked = [i for i, r in enumerate(rows) if (r.get("lineage") or {}).get("origin") == "approved"]
+    if len(picked) < cfg.min_n:
+        return not_applicable(DOMAIN, DOMAIN_METRIC, f"{len(picked)} approved rows in sft.test (applies from "
+                                                     f"{cfg.min_n})")
+    items = [split_sft(r) for r in rows]  # the same item set as heldout's: scored once for both
+    cand_all = ctx.losses(ctx.candidate, "sft.test", items)
+    champ_all = ctx.losses(ctx.champion, "sft.test", items)
+    cand, champ = [cand_all[i] for i in picked], [champ_all[i] for i in picked]
+    groups = [row_group(rows[i], i) for i in picked]
+    cols = nll_columns(champ, cand)
+    value = point(cols, loss_increase)
+    ci = bounds(cols, loss_increase, groups, confidence=cfg.confidence)
+    passed, evidence, verdict = harm_verdict(value, ci, cfg.loss_margin, len(picked), cfg.min_n)
+    return EvalResult(
+        name=DOMAIN, metric=DOMAIN_METRIC, value=value, threshold=cfg.loss_margin, passed=passed, ci=ci,
+        candidate=token_loss(cand), champion=token_loss(champ), n=len(picked), evidence=evidence, min_n=cfg.min_n,
+        bound=ci[1] if ci else None, confidence=cfg.confidence, note=verdict,
+        details={"rows": len(picked), "groups": len(set(groups))},
+        series={"candidate_loss": [-s / max(n, 1) for s, n in cand], "champion_loss": [-s / max(n, 1) for s, n in champ]},
+    )

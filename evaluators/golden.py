@@ -1,11 +1,14 @@
 """Golden prompts: operator-written prompts with must-contain / must-not-contain / refusal expectations,
-decoded greedily. The candidate may not fail a prompt that the champion passes (beyond `max_regressions`)."""
+decoded greedily. The candidate may not fail a prompt that the champion passes (beyond `max_regressions`, 0 by
+default). Golden prompts are operator specifications, not a sample of anything: a hard rule, no statistics,
+no minimum n."""
 
 import re
 from pathlib import Path
 
 import yaml
 
+from evaluators import policy as P
 from evaluators.context import Context
 from evaluators.result import EvalResult, check, skipped
 
@@ -41,20 +44,21 @@ def verdict(prompt: dict, answer: str) -> list[str]:
     return failures
 
 
-def _answers(scorer, prompts: list[dict]) -> list[str]:
+def _answers(ctx: Context, scorer, prompts: list[dict]) -> list[str]:
     out = []
     for max_tokens in sorted({p["max_tokens"] for p in prompts}):
         group = [p for p in prompts if p["max_tokens"] == max_tokens]
-        out += list(zip([p["id"] for p in group], scorer.generate([p["messages"] for p in group], max_tokens)))
+        out += list(zip([p["id"] for p in group], ctx.answers(scorer, [p["messages"] for p in group], max_tokens)))
     by_id = dict(out)
     return [by_id[p["id"]] for p in prompts]
 
 
-def run(ctx: Context, cfg: dict) -> EvalResult:
-    prompts = load_prompts(cfg.get("path"))
+def run(ctx: Context, cfg) -> EvalResult:
+    cfg = P.section(NAME, cfg)
+    prompts = load_prompts(cfg.path)
     if not prompts:
-        return skipped(NAME, METRIC, "no golden prompts")
-    cand_answers, champ_answers = _answers(ctx.candidate, prompts), _answers(ctx.champion, prompts)
+        return skipped(NAME, METRIC, "insufficient evidence: no golden prompts")
+    cand_answers, champ_answers = _answers(ctx, ctx.candidate, prompts), _answers(ctx, ctx.champion, prompts)
     rows, regressions = [], []
     for prompt, cand, champ in zip(prompts, cand_answers, champ_answers):
         cand_fail, champ_fail = verdict(prompt, cand), verdict(prompt, champ)
@@ -64,10 +68,9 @@ def run(ctx: Context, cfg: dict) -> EvalResult:
                      "champion_failures": champ_fail})
     cand_rate = sum(not r["candidate_failures"] for r in rows) / len(rows)
     champ_rate = sum(not r["champion_failures"] for r in rows) / len(rows)
-    threshold = cfg.get("min_pass_rate", 0.0)
-    max_regressions = cfg.get("max_regressions", 0)
+    threshold, max_regressions = cfg.min_pass_rate, cfg.max_regressions
     passed = check(cand_rate, at_least=threshold) and len(regressions) <= max_regressions
     note = f"regressed: {', '.join(regressions)} (at most {max_regressions})" if regressions else ""
     return EvalResult(name=NAME, metric=METRIC, value=cand_rate, threshold=threshold, passed=passed,
-                      candidate=cand_rate, champion=champ_rate, n=len(rows), note=note,
+                      candidate=cand_rate, champion=champ_rate, n=len(rows), note=note, min_n=0,
                       details={"regressions": regressions, "max_regressions": max_regressions, "prompts": rows})

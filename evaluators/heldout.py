@@ -1,18 +1,24 @@
-"""Held-out loss and perplexity on the eval split of corrected and top-rated replies (sft.eval)."""
+"""Held-out loss and perplexity on the test split of corrected and top-rated replies (sft.test), paired per
+row and bootstrapped over question groups (`lineage.group`)."""
 
 import math
 
 import numpy as np
 
-from evaluators.context import Context
-from evaluators.result import EvalResult, bootstrap_ci, check, skipped
+from evaluators import policy as P
+from evaluators.context import Context, row_group
+from evaluators.result import EvalResult, benefit_verdict, bounds, not_applicable, point, ratio, skipped
 from evaluators.scoring import split_sft
 
 NAME, METRIC = "heldout", "relative loss improvement vs champion"
 
 
-def eval_items(ctx: Context, cfg: dict) -> list[tuple[list[dict], str]]:
-    return [split_sft(row) for row in ctx.split("sft", "eval", cfg.get("max_examples"))]
+def test_rows(ctx: Context, max_examples: int | None) -> list[dict]:
+    return ctx.split("sft", "test", max_examples)
+
+
+def eval_items(ctx: Context, cfg) -> list[tuple[list[dict], str]]:
+    return [split_sft(row) for row in test_rows(ctx, P.section(NAME, cfg).max_examples)]
 
 
 def token_loss(scores: list[tuple[float, int]], idx: np.ndarray | None = None) -> float:
@@ -22,26 +28,39 @@ def token_loss(scores: list[tuple[float, int]], idx: np.ndarray | None = None) -
     return float(-arr[:, 0].sum() / max(arr[:, 1].sum(), 1))
 
 
-def run(ctx: Context, cfg: dict) -> EvalResult:
-    items = eval_items(ctx, cfg)
-    if not items:
-        return skipped(NAME, METRIC, "no sft.eval rows in the snapshot")
-    cand = ctx.losses(ctx.candidate, "sft.eval", items)
-    champ = ctx.losses(ctx.champion, "sft.eval", items)
+def nll_columns(base: list[tuple[float, int]], other: list[tuple[float, int]]) -> np.ndarray:
+    """Per item: (base NLL, other NLL); both models score the same reply tokens."""
+    return np.array([[-b[0], -o[0]] for b, o in zip(base, other)], dtype=float).reshape(-1, 2)
 
-    def improvement(idx=None) -> float:
-        base = token_loss(champ, idx)
-        return (base - token_loss(cand, idx)) / base if base else 0.0
 
-    value = improvement()
-    ci = bootstrap_ci(improvement, len(items))
-    threshold = cfg.get("min_relative_improvement", 0.0)
-    passed = check(value, at_least=threshold, ci=ci, ci_lower_min=cfg.get("ci_lower_min"))
+# (base NLL - other NLL) / base NLL over the summed columns: the relative improvement of `other`
+improvement = ratio(lambda s: s[..., 0] - s[..., 1], lambda s: s[..., 0])
+
+
+def run(ctx: Context, cfg) -> EvalResult:
+    cfg = P.section(NAME, cfg)
+    rows = test_rows(ctx, cfg.max_examples)
+    if not rows:
+        if not ctx.has_kind("sft"):
+            return not_applicable(NAME, METRIC, "the snapshot holds no SFT rows (nothing was fine-tuned on replies)")
+        return skipped(NAME, METRIC, f"insufficient evidence: no sft.test rows (needs {cfg.min_n} groups)")
+    items = [split_sft(r) for r in rows]
+    groups = [row_group(r, i) for i, r in enumerate(rows)]
+    n_groups = len(set(groups))
+    cand = ctx.losses(ctx.candidate, "sft.test", items)
+    champ = ctx.losses(ctx.champion, "sft.test", items)
+    cols = nll_columns(champ, cand)
+    value = point(cols, improvement)
+    ci = bounds(cols, improvement, groups, confidence=cfg.confidence)
+    passed, evidence, verdict = benefit_verdict(value, ci, cfg.min_relative_improvement, cfg.lower_bound_min,
+                                                n_groups, cfg.min_n)
     cand_loss, champ_loss = token_loss(cand), token_loss(champ)
     return EvalResult(
-        name=NAME, metric=METRIC, value=value, threshold=threshold, passed=passed, ci=ci, candidate=cand_loss,
-        champion=champ_loss, n=len(items),
+        name=NAME, metric=METRIC, value=value, threshold=cfg.min_relative_improvement, passed=passed, ci=ci,
+        candidate=cand_loss, champion=champ_loss, n=n_groups, evidence=evidence, min_n=cfg.min_n,
+        bound=ci[0] if ci else None, confidence=cfg.confidence,
+        note=verdict if passed is not True else "",
         details={"candidate_perplexity": math.exp(min(cand_loss, 50)), "champion_perplexity": math.exp(min(champ_loss, 50)),
-                 "ci_lower_min": cfg.get("ci_lower_min")},
+                 "rows": len(rows), "groups": n_groups, "lower_bound_min": cfg.lower_bound_min},
         series={"candidate_loss": [-s / max(n, 1) for s, n in cand], "champion_loss": [-s / max(n, 1) for s, n in champ]},
     )

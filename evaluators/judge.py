@@ -1,6 +1,7 @@
 """Optional pairwise judge: a judge model compares champion and candidate replies on held-out prompts, each
-pair judged in both orders (position swap; disagreeing orders count as a tie). The win rate has a bootstrap
-CI. The judge's agreement with human comparisons (Cohen's κ) is reported, and below `min_kappa` (or with too
+pair judged in both orders (position swap; disagreeing orders count as a tie). The gate is a non-inferiority
+test: the lower confidence bound of the win rate (bootstrapped over question groups of sft.test) must reach
+0.5 - `margin`. The judge's agreement with human comparisons (Cohen's κ) is reported, and below `min_kappa` (or with too
 few human comparisons to measure it) the judge is ignored by the gate."""
 
 import math
@@ -12,8 +13,9 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score
 from sqlmodel import Session, select
 
-from evaluators.context import Context
-from evaluators.result import EvalResult, check, mean_ci, skipped
+from evaluators import policy as P
+from evaluators.context import Context, row_group
+from evaluators.result import EvalResult, bounds, harm_verdict, point, ratio, skipped
 from evaluators.scoring import Scorer, split_sft
 
 NAME, METRIC = "judge", "judge win rate of the candidate over the champion (ties count ½)"
@@ -102,8 +104,8 @@ def human_comparisons(session: Session, limit: int = 200) -> list[dict]:
     return items
 
 
-def build_judge(ctx: Context, cfg: dict) -> Judge:
-    spec = cfg.get("judge", "serving")
+def build_judge(ctx: Context, cfg) -> Judge:
+    spec = cfg.judge
     if callable(spec):
         return spec
     if spec == "serving":
@@ -111,28 +113,35 @@ def build_judge(ctx: Context, cfg: dict) -> Judge:
     return openai_judge(spec["base_url"], spec["model"], os.environ.get(spec.get("api_key_env", ""), "EMPTY"))
 
 
-def run(ctx: Context, cfg: dict) -> EvalResult:
-    if not cfg.get("enabled"):
-        return skipped(NAME, METRIC, "judge disabled in the gate policy")
-    rows = ctx.split("sft", "eval", cfg.get("max_prompts", 32))
+def run(ctx: Context, cfg) -> EvalResult:
+    cfg = P.section(NAME, cfg)
+    if not cfg.enabled:
+        return skipped(NAME, METRIC, "judge disabled in the gate policy", "not_applicable")
+    rows = ctx.split("sft", "test", cfg.max_prompts)
     if not rows:
-        return skipped(NAME, METRIC, "no held-out prompts")
+        return skipped(NAME, METRIC, "no held-out prompts (sft.test)")
     judge = build_judge(ctx, cfg)
     prompts = [split_sft(r)[0] for r in rows]
-    max_new = cfg.get("max_new_tokens", 64)
-    cand, champ = ctx.candidate.generate(prompts, max_new), ctx.champion.generate(prompts, max_new)
+    groups = [row_group(r, i) for i, r in enumerate(rows)]
+    cand, champ = ctx.answers(ctx.candidate, prompts, cfg.max_new_tokens), ctx.answers(ctx.champion, prompts, cfg.max_new_tokens)
     verdicts = [swapped(judge, p, c, h) for p, c, h in zip(prompts, cand, champ)]
     scores = np.array([{"a": 1.0, "b": 0.0, "tie": 0.5}[v] for v in verdicts])
-    value, ci = float(scores.mean()), mean_ci(scores)
+    # harm = 0.5 - win rate: its upper bound within `margin` <=> the win rate's lower bound >= 0.5 - margin
+    cols = np.stack([scores, np.ones_like(scores)], axis=1)
+    harm = ratio(lambda s: 0.5 * s[..., 1] - s[..., 0], lambda s: s[..., 1])
+    value = float(scores.mean())
+    harm_ci = bounds(cols, harm, groups, confidence=cfg.confidence)
+    ci = (0.5 - harm_ci[1], 0.5 - harm_ci[0]) if harm_ci else None
+    n_groups = len(set(groups))
+    verdict, evidence, why = harm_verdict(point(cols, harm), harm_ci, cfg.margin, n_groups, cfg.min_n)
     kappa, n_human = agreement(judge, ctx.human_comparisons)
-    min_kappa, min_human = cfg.get("min_kappa", 0.4), cfg.get("min_human", 10)
-    threshold = cfg.get("min_win_rate", 0.5)
-    trusted = n_human >= min_human and not math.isnan(kappa) and kappa >= min_kappa
-    passed = check(value, at_least=threshold, ci=ci, ci_lower_min=cfg.get("ci_lower_min")) if trusted else None
-    note = "" if trusted else (f"judge ignored: κ={kappa:.2f} on {n_human} human comparisons "
-                               f"(needs κ ≥ {min_kappa} on ≥ {min_human})")
-    return EvalResult(name=NAME, metric=METRIC, value=value, threshold=threshold, passed=passed, ci=ci, n=len(rows),
-                      note=note,
+    trusted = n_human >= cfg.min_human and not math.isnan(kappa) and kappa >= cfg.min_kappa
+    passed = verdict if trusted else None
+    note = (why if trusted else f"judge ignored: κ={kappa:.2f} on {n_human} human comparisons "
+                                f"(needs κ ≥ {cfg.min_kappa} on ≥ {cfg.min_human})")
+    return EvalResult(name=NAME, metric=METRIC, value=value, threshold=0.5 - cfg.margin, passed=passed, ci=ci,
+                      n=n_groups, note=note, evidence=evidence, min_n=cfg.min_n, bound=ci[0] if ci else None,
+                      confidence=cfg.confidence,
                       details={"kappa": None if math.isnan(kappa) else kappa, "human_comparisons": n_human,
-                               "min_kappa": min_kappa, "trusted": trusted,
+                               "min_kappa": cfg.min_kappa, "trusted": trusted, "margin": cfg.margin,
                                "wins": verdicts.count("a"), "losses": verdicts.count("b"), "ties": verdicts.count("tie")})

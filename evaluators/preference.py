@@ -1,12 +1,15 @@
-"""Preference accuracy on held-out pairs (dpo.eval): does the candidate favour the chosen reply over the
-rejected one, and more than the champion does (the DPO implicit reward with the champion as reference)?"""
+"""Preference accuracy on held-out pairs (dpo.test): does the candidate favour the chosen reply over the
+rejected one, and more than the champion does (the DPO implicit reward with the champion as reference)?
+Bootstrapped over question groups."""
 
 import numpy as np
 
-from evaluators.context import Context
-from evaluators.result import EvalResult, check, mean_ci, skipped
+from evaluators import policy as P
+from evaluators.context import Context, row_group
+from evaluators.result import EvalResult, benefit_verdict, bounds, not_applicable, point, ratio, skipped
 
 NAME, METRIC = "preference", "share of pairs where the candidate's chosen-rejected margin beats the champion's"
+win_rate = ratio(lambda s: s[..., 0], lambda s: s[..., 1])
 
 
 def _prompt(row: dict) -> list[dict]:
@@ -19,28 +22,33 @@ def _reply(value) -> str:
 
 
 def margins(ctx: Context, scorer, rows: list[dict]) -> np.ndarray:
-    chosen = ctx.losses(scorer, "dpo.eval.chosen", [(_prompt(r), _reply(r["chosen"])) for r in rows])
-    rejected = ctx.losses(scorer, "dpo.eval.rejected", [(_prompt(r), _reply(r["rejected"])) for r in rows])
+    chosen = ctx.losses(scorer, "dpo.test.chosen", [(_prompt(r), _reply(r["chosen"])) for r in rows])
+    rejected = ctx.losses(scorer, "dpo.test.rejected", [(_prompt(r), _reply(r["rejected"])) for r in rows])
     return np.array([c[0] - r[0] for c, r in zip(chosen, rejected)])
 
 
-def run(ctx: Context, cfg: dict) -> EvalResult:
-    rows = ctx.split("dpo", "eval", cfg.get("max_examples"))
+def run(ctx: Context, cfg) -> EvalResult:
+    cfg = P.section(NAME, cfg)
+    rows = ctx.split("dpo", "test", cfg.max_examples)
     if not rows:
-        return skipped(NAME, METRIC, "no dpo.eval pairs in the snapshot")
+        if not ctx.has_kind("dpo"):
+            return not_applicable(NAME, METRIC, "the snapshot holds no DPO pairs")
+        return skipped(NAME, METRIC, f"insufficient evidence: no dpo.test pairs (needs {cfg.min_n})")
+    groups = [row_group(r, i) for i, r in enumerate(rows)]
     cand, champ = margins(ctx, ctx.candidate, rows), margins(ctx, ctx.champion, rows)
     wins = np.where(cand > champ, 1.0, np.where(cand == champ, 0.5, 0.0))
-    value, ci = float(wins.mean()), mean_ci(wins)
+    cols = np.stack([wins, np.ones_like(wins)], axis=1)
+    value = point(cols, win_rate)
+    ci = bounds(cols, win_rate, groups, confidence=cfg.confidence)
+    passed, evidence, verdict = benefit_verdict(value, ci, cfg.min_win_rate, cfg.lower_bound_min, len(rows), cfg.min_n)
     cand_acc, champ_acc = float((cand > 0).mean()), float((champ > 0).mean())
-    threshold = cfg.get("min_relative_accuracy", 0.5)
-    passed = check(value, at_least=threshold, ci=ci, ci_lower_min=cfg.get("ci_lower_min"))
-    min_delta = cfg.get("min_accuracy_delta")
-    if min_delta is not None:
-        passed = passed and cand_acc - champ_acc >= min_delta
+    if passed and cfg.min_accuracy_delta is not None and cand_acc - champ_acc < cfg.min_accuracy_delta:
+        passed, verdict = False, f"accuracy delta {cand_acc - champ_acc:.3g} below {cfg.min_accuracy_delta:g}"
     return EvalResult(
-        name=NAME, metric=METRIC, value=value, threshold=threshold, passed=passed, ci=ci, candidate=cand_acc,
-        champion=champ_acc, n=len(rows),
-        details={"candidate_accuracy": cand_acc, "champion_accuracy": champ_acc, "min_accuracy_delta": min_delta,
-                 "mean_margin_gain": float((cand - champ).mean())},
+        name=NAME, metric=METRIC, value=value, threshold=cfg.min_win_rate, passed=passed, ci=ci, candidate=cand_acc,
+        champion=champ_acc, n=len(rows), evidence=evidence, min_n=cfg.min_n, bound=ci[0] if ci else None,
+        confidence=cfg.confidence, note=verdict if passed is not True else "",
+        details={"candidate_accuracy": cand_acc, "champion_accuracy": champ_acc, "groups": len(set(groups)),
+                 "min_accuracy_delta": cfg.min_accuracy_delta, "mean_margin_gain": float((cand - champ).mean())},
         series={"candidate_margin": cand.tolist(), "champion_margin": champ.tolist()},
     )

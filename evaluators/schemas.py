@@ -19,7 +19,8 @@ class ModelVersionPublic(BaseModel):
     snapshot_hash: str | None
     run_id: int | None
     created_at: datetime
-    gate: dict[str, Any] | None = Field(None, description="Decision summary of the stored gate report")
+    gate: dict[str, Any] | None = Field(None, description="Decision summary of the stored gate report: `decision` is promoted, challenger, "
+                                        "insufficient_evidence (a required gate lacked data; not promoted) or rejected")
 
 
 class ModelVersionsPublic(BaseModel):

@@ -201,15 +201,16 @@ async def post_candidates(message_id: str, request: Request, session: SessionDep
 
 
 @router.get("/api/review/agreement", tags=["review admin"],
-            summary="Krippendorff's alpha per dimension, per-reviewer agreement and gold accuracy, adjudication queue")
+            summary="Krippendorff's alpha per dimension, per-reviewer agreement, gold reliability and flags, "
+                    "adjudication queue")
 def agreement(session: SessionDep, _admin: AdminUser, settings: SettingsDep) -> dict:
     return quality.agreement_report(session, settings)
 
 
-@router.get("/api/review/adjudication", tags=["review admin"], summary="Items whose reviewers disagree")
+@router.get("/api/review/adjudication", tags=["review admin"],
+            summary="Items whose reviewers disagree: rating spread, differing corrections, correction of a reply rated good")
 def adjudication_queue(session: SessionDep, _admin: AdminUser, settings: SettingsDep) -> list[dict]:
-    ratings = quality.latest_ratings(session)
-    return quality.disagreements(session, ratings, settings.review_disagreement_threshold)
+    return quality.adjudication_queue(session, settings)
 
 
 @router.post("/api/review/adjudication/{message_id}", response_model=RatingOut, status_code=201,
@@ -217,7 +218,7 @@ def adjudication_queue(session: SessionDep, _admin: AdminUser, settings: Setting
 def adjudicate(message_id: str, body: AdjudicationIn, request: Request, session: SessionDep, admin: AdminUser,
                settings: SettingsDep, key: IdempotencyKey = None) -> Response:
     return idempotency.run(session, admin, key, request, body, lambda: _out(RatingOut, service.adjudicate(
-        session, admin, message_id, body.scores, body.comment, settings)), status.HTTP_201_CREATED)
+        session, admin, message_id, body.scores, body.comment, settings, body.correction)), status.HTTP_201_CREATED)
 
 
 @router.post("/api/review/gold", tags=["review admin"], status_code=201,

@@ -142,6 +142,8 @@ class AdjudicationIn(BaseModel):
     model_config = _write({"scores": {"correctness": 3, "helpfulness": 3, "tone": 4}, "comment": "Final."})
     scores: dict[str, Likert] = Field(min_length=1, max_length=50)
     comment: str | None = Text
+    correction: str | None = Field(None, min_length=1, max_length=32_000,
+                                   description="The final corrected reply, when reviewers' corrections conflict.")
 
 
 class ClaimOut(BaseModel):

@@ -383,8 +383,9 @@ def claim(session: Session, reviewer: User, settings: Settings) -> ReviewClaim |
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres:
         query = query.with_for_update(skip_locked=True, of=ReviewItem)
+    item = _gold_due(session, reviewer, settings, seen)
     passed_over: list[str] = []
-    while True:
+    while item is None:
         item = session.exec(query.where(col(ReviewItem.message_id).not_in(passed_over))).first()
         if item is None:
             return None
@@ -393,12 +394,36 @@ def claim(session: Session, reviewer: User, settings: Settings) -> ReviewClaim |
         if not postgres or _claims_taken(session, item.message_id, now) < item.required_reviews:
             break
         passed_over.append(item.message_id)
+        item = None
     row = ReviewClaim(message_id=item.message_id, reviewer_id=reviewer.id,
                       lease_expires_at=now + timedelta(minutes=settings.review_lease_minutes))
     session.add(row)
     session.flush()
     audit(session, reviewer, "claim.create", "reviewclaim", row.id, item.message_id, after=snapshot(row))
     return row
+
+
+def _gold_due(session: Session, reviewer: User, settings: Settings, seen) -> ReviewItem | None:
+    """A gold item the reviewer has not seen, when gold is due: its finished claims (submitted or
+    skipped) include fewer gold items than `review_gold_rate` of them, counting this one (1 in 10 at
+    0.1: the 10th, 20th, ... claim). Gold items are served to every reviewer, whatever their status
+    or k, so each reviewer's reliability is measured even when items get a single review."""
+    rate = settings.review_gold_rate
+    if rate <= 0:
+        return None
+    is_gold = col(ReviewItem.gold_scores).is_not(None)
+    if session.execute(select(func.count()).select_from(ReviewItem).where(is_gold)).scalar_one() == 0:
+        return None
+    done = col(ReviewClaim.status).in_([ReviewClaimStatus.submitted, ReviewClaimStatus.skipped])
+    finished = session.execute(select(func.count()).select_from(ReviewClaim).where(
+        ReviewClaim.reviewer_id == reviewer.id, done)).scalar_one()
+    gold_done = session.execute(select(func.count()).select_from(ReviewClaim).join(
+        ReviewItem, ReviewItem.message_id == ReviewClaim.message_id).where(
+        ReviewClaim.reviewer_id == reviewer.id, done, is_gold)).scalar_one()
+    if gold_done >= int(rate * (finished + 1) + 1e-9):
+        return None
+    return session.exec(select(ReviewItem).where(is_gold, ~seen)
+                        .order_by(col(ReviewItem.created_at), col(ReviewItem.message_id)).limit(1)).first()
 
 
 def _claims_taken(session: Session, message_id: str, now) -> int:
@@ -551,16 +576,23 @@ def _store(session: Session, user: User, row, action: str):
 
 
 def adjudicate(session: Session, admin: User, message_id: str, scores: dict[str, int], comment: str | None,
-               settings: Settings) -> Rating:
-    """An admin's final scores for a disputed item; it leaves the adjudication queue."""
+               settings: Settings, correction: str | None = None) -> Rating:
+    """An admin's final scores for a disputed item (and, optionally, the final correction); it leaves the
+    adjudication queue. Dataset builds then follow the admin: scores judged good keep the reply and
+    drop its corrections; otherwise the admin's correction, else the reviewers' heaviest one, is used."""
     row = rate(session, admin, message_id, scores, comment, settings, adjudicated=True)
+    if correction is not None:
+        correct(session, admin, message_id, correction)
     item = session.get(ReviewItem, message_id)
-    if item is not None:
-        before = snapshot(item)
-        item.status, item.updated_at = ReviewItemStatus.adjudicated, utcnow()
+    if item is None:  # e.g. corrected outside the queue: record the decision on a new, unqueued item
+        item = ReviewItem(message_id=message_id, priority=None, reason="manual", required_reviews=settings.review_k)
         session.add(item)
         session.flush()
-        audit(session, admin, "item.adjudicated", "reviewitem", message_id, message_id, before, snapshot(item))
+    before = snapshot(item)
+    item.status, item.updated_at = ReviewItemStatus.adjudicated, utcnow()
+    session.add(item)
+    session.flush()
+    audit(session, admin, "item.adjudicated", "reviewitem", message_id, message_id, before, snapshot(item))
     return row
 
 

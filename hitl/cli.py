@@ -91,23 +91,23 @@ def users_create(
 
 @app.command()
 def demo(
-    quick: bool = typer.Option(False, "--quick", help="Smoke test for CI: 8 questions, 1 paraphrase each, short training."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke test for CI: 12 questions, 1 paraphrase each; on so "
+                               "little data the gates may decide insufficient_evidence."),
     base_model: str = typer.Option(None, help="Base checkpoint (default the converted SmolLM2-135M-Instruct)."),
     data_dir: str = typer.Option(None, help="Fresh data dir for the demo (default HITL_DATA_DIR/demo/<time>)."),
     seed: int = typer.Option(7, help="Scenario seed (questions, noise)."),
-    items: int = typer.Option(None, help="Number of corpus questions (default 32, quick 8)."),
-    epochs: float = typer.Option(None, help="SFT epochs passed to the retrain run."),
-    learning_rate: float = typer.Option(None, help="SFT learning rate passed to the retrain run."),
-    anchor_weight: float = typer.Option(None, help="SFT anchor_weight: KL to the champion on anchor rows "
-                                        "(default 1; 0 trains without anchors)."),
+    items: int = typer.Option(None, help="Number of corpus questions end users ask and reviewers correct "
+                              "(default 32, quick 12)."),
 ) -> None:
-    """Play the whole loop on a fresh store through the HTTP API and report the measured improvement."""
+    """Play the whole loop on a fresh store through the HTTP API and report the measured improvement.
+
+    Training, dataset snapshot and gates run on the product's defaults (the demo starts the retrain with an
+    empty config); the options only size the scenario."""
     from pathlib import Path
 
     from demo.run import main
 
-    main(quick=quick, base_model=base_model, data_dir=Path(data_dir) if data_dir else None, seed=seed,
-         items=items, epochs=epochs, learning_rate=learning_rate, anchor_weight=anchor_weight)
+    main(quick=quick, base_model=base_model, data_dir=Path(data_dir) if data_dir else None, seed=seed, items=items)
 
 
 if __name__ == "__main__":

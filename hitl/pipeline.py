@@ -26,7 +26,7 @@ import typer
 from retrain.training import service as runs
 from retrain.training.config import load_config
 from retrain.training.models import FINISHED, RetrainRun, RunStatus
-from retrain.training.plan import make_plan
+from retrain.training.plan import size_stages, snapshot_plan
 from service import service as serving
 
 log = logging.getLogger("hitl.pipeline")
@@ -85,16 +85,13 @@ def prepare(run_id: int, settings: Settings) -> dict[str, Any]:
                 raise RuntimeError("the dataset builder (retrain.datasets.service) is not available") from exc
             snapshot = build_snapshot(session, settings, BuildOptions(**config.snapshot_options))
             path, run.snapshot_id, run.snapshot_hash = Path(snapshot.path).resolve(), snapshot.id, snapshot.hash
-        counts = runs.snapshot_counts(path)
-        kto = runs.load_rows(path, "kto", "train") if counts["kto"]["train"] else []
-        labels = {"desirable": sum(bool(r["label"]) for r in kto), "undesirable": sum(not r["label"] for r in kto)}
-        plan = make_plan(counts, config, labels)
+        plan = snapshot_plan(path, config)
         champion = serving.ensure_champion(session, settings)
+        size_stages(plan, config, champion.base_path)
         stacked = adapters.adapter_rank(champion.adapter_path) + sum(
             getattr(config, s["method"]).lora_r for s in plan["stages"])
         merge = config.chaining == "merge" or (champion.adapter_path and stacked > config.max_stacked_rank)
-        plan.update(snapshot_path=str(path), counts=counts, kto_labels=labels,
-                    champion={"version": champion.version, "base_path": champion.base_path,
+        plan.update(champion={"version": champion.version, "base_path": champion.base_path,
                               "adapter_path": champion.adapter_path},
                     chaining={"mode": "merge" if merge else "stack",
                               "reason": ("configured" if config.chaining == "merge" else
@@ -125,12 +122,11 @@ def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, 
     for i, stage in enumerate(plan["stages"]):
         method = stage["method"]
         train_rows = runs.load_rows(snapshot, method, "train")
-        eval_rows = runs.load_rows(snapshot, method, "eval")
+        eval_rows = runs.load_rows(snapshot, method, "validation")
         anchors = runs.load_rows(snapshot, "sft", "anchor") if method == "sft" else []
-        sweep = plan["sweep"] if plan.get("sweep") and i == 0 else None
         result = run_stage(method, config, base_path=base_path, merge=[champ_adapter, *finals], train=train_rows,
-                           eval_rows=eval_rows, out=out / "stages" / f"{i}-{method}", sink=sink, sweep=sweep,
-                           hw=hw, anchors=anchors)
+                           eval_rows=eval_rows, out=out / "stages" / f"{i}-{method}", sink=sink,
+                           search=bool(plan.get("search")) and i == 0, hw=hw, anchors=anchors)
         finals.append(out / "stages" / f"{i}-{method}" / "final")
         if not is_main():
             continue
@@ -138,9 +134,10 @@ def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, 
             run = runs.get_run(session, run_id)
             metrics = copy.deepcopy(run.metrics or {})
             metrics.setdefault("stages", {})[f"{i}-{method}"] = {
-                k: result.get(k) for k in ("method", "steps", "train_loss", "best_eval_loss", "evals", "underfit",
-                                           "stopped_early", "resumed_from", "anchor_rows", "batch", "precision",
-                                           "packing", "tokens", "seconds", "sweep", "chosen_trial", "reused")}
+                k: result.get(k) for k in ("method", "steps", "train_loss", "best_eval_loss", "best_step", "evals",
+                                           "underfit", "stopped_early", "resumed_from", "anchor_rows", "budget",
+                                           "batch", "precision", "packing", "tokens", "seconds", "search",
+                                           "chosen_trial", "reused")}
             run.metrics = metrics
             session.add(run)
         sink.flush()
@@ -156,15 +153,19 @@ def is_main() -> bool:
 
 
 def gate(run_id: int) -> tuple[RunStatus, dict[str, Any]]:
-    """The evaluators' decision (promote / reject), when that package is installed."""
+    """The evaluators' decision as the run's final status: promoted, rejected, insufficient_evidence (not
+    promoted: a required gate lacked data), or succeeded (made challenger for a canary)."""
     try:
         from evaluators.gate import evaluate_and_decide
     except ImportError as exc:
         return RunStatus.succeeded, {"note": f"evaluation not available ({exc})"}
     decision = evaluate_and_decide(run_id) or {}
-    if decision.get("decision") in ("promote", "promoted") or (decision.get("passed") and not decision.get("decision")):
+    verdict = decision.get("decision")
+    if verdict in ("promote", "promoted") or (decision.get("passed") and not verdict):
         return RunStatus.promoted, decision
-    if decision.get("passed") is False or decision.get("decision") in ("reject", "rejected"):
+    if verdict == "insufficient_evidence" or (not verdict and decision.get("outcome") == "insufficient_evidence"):
+        return RunStatus.insufficient_evidence, decision
+    if decision.get("passed") is False or verdict in ("reject", "rejected"):
         return RunStatus.rejected, decision
     return RunStatus.succeeded, decision  # e.g. made challenger for a canary
 

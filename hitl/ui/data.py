@@ -183,13 +183,17 @@ def adjudication_queue(session: Session) -> list[dict[str, Any]]:
     except ImportError:
         return []
     names = {u.id: u.name for u in session.exec(select(User))}
-    threshold = get_settings().review_disagreement_threshold
+    settings = get_settings()
     out = []
-    for entry in quality.disagreements(session, quality.latest_ratings(session), threshold):
-        dims = sorted(entry["spread"])
-        out.append({"message_id": entry["message_id"], "gap": max(entry["spread"].values()), "dimensions": dims,
-                    "spread": entry["spread"],
-                    "ratings": [{"who": names.get(int(r), f"#{r}"), "scores": s} for r, s in entry["ratings"].items()]})
+    for entry in quality.adjudication_queue(session, settings):
+        dims = sorted(entry["spread"]) or list(settings.review_rubric)
+        reason = entry.get("correction_reason") or entry.get("reason")
+        out.append({"message_id": entry["message_id"], "gap": max(entry["spread"].values(), default=0),
+                    "dimensions": dims, "spread": entry["spread"], "reason": reason,
+                    "ratings": [{"who": names.get(int(r), f"#{r}"), "scores": s} for r, s in entry["ratings"].items()],
+                    "corrections": [{**g, "who": [names.get(int(r), f"#{r}") for r in g["reviewer_ids"]]}
+                                    for g in entry.get("corrections", [])],
+                    "good_votes": [names.get(int(r), f"#{r}") for r in entry.get("good_votes", [])]})
     out.sort(key=lambda r: -r["gap"])
     return out
 
@@ -204,7 +208,9 @@ def agreement(session: Session) -> dict[str, Any] | None:
     names = {u.id: u.name for u in session.exec(select(User))}
     reviewers = [{"name": names.get(int(r), f"#{r}"), **figures} for r, figures in report["reviewers"].items()]
     return {"dimensions": report["dimensions"], "reviewers": reviewers, "threshold": report.get("threshold"),
-            "open_conflicts": len(report.get("adjudication", []))}
+            "open_conflicts": len(report.get("adjudication", [])),
+            "flagged": [names.get(int(r), f"#{r}") for r in report.get("flagged", [])],
+            "floor": report.get("reliability", {}).get("floor")}
 
 
 def users(session: Session) -> list[User]:

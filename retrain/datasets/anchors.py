@@ -1,4 +1,8 @@
-"""Anchor rows: recent replies the champion served that nobody faulted, from the train split.
+"""Anchor rows: recent replies the champion served that nobody faulted, from the train split only.
+
+Served replies are grouped by question like every other context (split.py), so an anchor's question
+group is a train group: it never shares a group (nor, through the conversation link, a conversation)
+with validation or test rows.
 
 They are never a training target. Training holds the candidate's next-token distributions to the
 champion's on them (`sft.anchor_weight`), so that learning the corrections does not move what the model

@@ -182,16 +182,39 @@ def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 
     return np.ascontiguousarray(out.T)
 
 
-def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.85, num_perm: int = 64) -> list[int]:
-    """For each text, the index of the first text of its near-duplicate group (itself if none)."""
+def lsh_buckets(sigs: np.ndarray, threshold: float):
+    """Index arrays of the rows of `sigs` that share an LSH band (datasketch's optimal (bands, rows)
+    for `threshold`); candidate pairs still need confirming by their estimated Jaccard."""
     from datasketch.lsh import _optimal_param
 
+    if len(sigs) < 2:
+        return
+    bands, rows = _optimal_param(threshold, sigs.shape[1], 0.5, 0.5)
+    for band in range(bands):
+        block = np.ascontiguousarray(sigs[:, band * rows: (band + 1) * rows])
+        _, inverse, counts = np.unique(block.view(np.dtype((np.void, block.shape[1] * 4))).ravel(),
+                                       return_inverse=True, return_counts=True)
+        inverse = inverse.ravel()
+        shared = counts[inverse] > 1
+        if not shared.any():
+            continue
+        idx = np.nonzero(shared)[0]
+        order = idx[np.argsort(inverse[idx], kind="stable")]
+        yield from np.split(order, np.nonzero(np.diff(inverse[order]))[0] + 1)
+
+
+def similar(sigs: np.ndarray, i: int, j: int, threshold: float) -> bool:
+    """Estimated Jaccard similarity of rows i and j of `sigs` is at least `threshold`."""
+    return bool(np.mean(sigs[i] == sigs[j]) >= threshold)
+
+
+def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.85, num_perm: int = 64) -> list[int]:
+    """For each text, the index of the first text of its near-duplicate group (itself if none)."""
     n = len(texts)
     parent = list(range(n))
     if n < 2:
         return parent
     sigs = minhash_signatures(*shingle_hashes(texts), num_perm=num_perm)
-    bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -199,25 +222,15 @@ def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.85, num_per
             i = parent[i]
         return i
 
-    for band in range(bands):
-        block = np.ascontiguousarray(sigs[:, band * rows: (band + 1) * rows])
-        _, inverse, counts = np.unique(block.view(np.dtype((np.void, block.shape[1] * 4))).ravel(),
-                                       return_inverse=True, return_counts=True)
-        shared = counts[inverse] > 1
-        if not shared.any():
-            continue
-        idx = np.nonzero(shared)[0]
-        order = idx[np.argsort(inverse[idx], kind="stable")]
-        buckets = np.split(order, np.nonzero(np.diff(inverse[order]))[0] + 1)
-        for bucket in buckets:
-            first = int(bucket[0])
-            for other in bucket[1:]:
-                other = int(other)
-                if find(first) == find(other):
-                    continue
-                if np.mean(sigs[first] == sigs[other]) >= threshold:
-                    ra, rb = find(first), find(other)
-                    parent[max(ra, rb)] = min(ra, rb)
+    for bucket in lsh_buckets(sigs, threshold):
+        first = int(bucket[0])
+        for other in bucket[1:]:
+            other = int(other)
+            if find(first) == find(other):
+                continue
+            if similar(sigs, first, other, threshold):
+                ra, rb = find(first), find(other)
+                parent[max(ra, rb)] = min(ra, rb)
     return [find(i) for i in range(n)]
 
 

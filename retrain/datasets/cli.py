@@ -1,4 +1,4 @@
-"""`hitl dataset build|show|list`."""
+"""`hitl dataset build|show|list`. `list` prints per kind train/validation/test row counts."""
 
 import json
 from typing import Annotated
@@ -7,7 +7,7 @@ import typer
 
 from core.db import migrate, session_scope
 from core.settings import get_settings
-from retrain.datasets.schemas import BuildOptions
+from retrain.datasets.schemas import SPLITS, BuildOptions
 
 app = typer.Typer(help="Build and inspect training dataset snapshots.", no_args_is_help=True)
 
@@ -15,7 +15,10 @@ app = typer.Typer(help="Build and inspect training dataset snapshots.", no_args_
 @app.command("build")
 def build(
     kinds: Annotated[list[str] | None, typer.Option("--kind", help="sft, dpo or kto (repeat); default all.")] = None,
-    eval_fraction: Annotated[float, typer.Option(help="Share of end users/conversations in eval.")] = 0.1,
+    validation_fraction: Annotated[float, typer.Option(
+        help="Target share of new question groups in validation (training's early stopping).")] = 0.1,
+    test_fraction: Annotated[float, typer.Option(
+        help="Target share of new question groups in test (read only by the gates).")] = 0.2,
     replay_fraction: Annotated[float, typer.Option(help="General replay rows per SFT train row.")] = 0.0,
     paraphrases: Annotated[int, typer.Option(help="Paraphrase variants per corrected prompt (needs an endpoint).")] = 0,
     anchors: Annotated[int, typer.Option(help="Latest unfaulted served replies kept as anchor rows (sft.anchor).")] = 0,
@@ -28,11 +31,12 @@ def build(
     from retrain.datasets import service
 
     opts = BuildOptions(**json.loads(options_json)) if options_json else BuildOptions(
-        kinds=kinds or None, eval_fraction=eval_fraction, replay_fraction=replay_fraction,
+        kinds=kinds or None, validation_fraction=validation_fraction, test_fraction=test_fraction,
+        replay_fraction=replay_fraction,
         paraphrases=paraphrases, anchors=anchors, max_tokens=max_tokens)
     settings = get_settings()
     migrate()
-    phases = 5 + (1 if opts.paraphrases else 0)
+    phases = 6 + (1 if opts.paraphrases else 0)
     with Progress(SpinnerColumn(), TextColumn("{task.description:<32}"), BarColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("starting", total=phases)
 
@@ -74,5 +78,5 @@ def list_() -> None:
     migrate()
     with session_scope() as session:
         for snap in service.list_snapshots(session):
-            counts = " ".join(f"{k}={v.get('train', 0)}/{v.get('eval', 0)}" for k, v in snap.counts.items())
+            counts = " ".join(f"{k}=" + "/".join(str(v.get(s, 0)) for s in SPLITS) for k, v in snap.counts.items())
             typer.echo(f"{snap.id}\t{snap.hash[:12]}\t{snap.created_at:%Y-%m-%d %H:%M}\t{counts}")

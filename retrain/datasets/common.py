@@ -4,10 +4,12 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
+from feedback.quality import choose_correction
 from retrain.datasets.cleaning import normalize, redact_many, redact_pii
+from retrain.datasets.labels import dawid_skene
 from retrain.datasets.repository import Store
 from retrain.datasets.schemas import BuildOptions
-from retrain.datasets.split import split_key, split_of
+from retrain.datasets import split as splitting
 
 
 @dataclass
@@ -34,10 +36,12 @@ class Example:
 @dataclass
 class Context:
     conversation_id: str
-    split: str
+    split: str  # "" until `Prep.assign_splits` has run
     prompt: list[dict]  # redacted turns before the target, intact
     target_id: str
     target: str  # redacted reply
+    question: str = ""  # sha256 of the normalized last user turn (see split.py)
+    group: str = ""  # the question group's key (split.py), shared by near-duplicate questions
 
 
 def consensus(votes: Iterable[tuple[Hashable, float]], min_agreement: float) -> tuple[Hashable | None, str | None]:
@@ -45,8 +49,10 @@ def consensus(votes: Iterable[tuple[Hashable, float]], min_agreement: float) -> 
 
     The winner needs at least `min_agreement` of the total weight; otherwise the item is an
     unresolved conflict. "resolved" means there was disagreement and the majority was strong enough.
+    Votes of weight 0 (reviewers below the reliability floor) are ignored, even a lone one.
     """
-    if isinstance(votes, list) and len(votes) == 1:
+    votes = [(label, weight) for label, weight in votes if weight > 0]  # weight 0: below the reliability floor
+    if len(votes) == 1:
         return votes[0][0], None
     totals: dict[Hashable, float] = defaultdict(float)
     for label, weight in votes:
@@ -73,9 +79,12 @@ class Prep:
     pii: Counter = field(default_factory=Counter)
     _text: dict[str, str] = field(default_factory=dict)
     _ctx: dict[str, Context | str] = field(default_factory=dict)
-    _split: dict[str, str] = field(default_factory=dict)
+    _assigned: dict[str, tuple[str, str]] | None = None  # question hash -> (group, split), once assigned
+    split_report: dict = field(default_factory=dict)
+    new_assignments: list[dict] = field(default_factory=list)  # persisted by the build at its end
     _prompt_keys: dict[int, tuple] = field(default_factory=dict)
     _norm: dict[str, str] = field(default_factory=dict)
+    _question_texts: dict[str, str] = field(default_factory=dict)
 
     def norm(self, text: str) -> str:
         got = self._norm.get(text)
@@ -153,12 +162,49 @@ class Prep:
                     return "flagged"
         if turns[-1].role != "assistant":
             return "not_assistant"
-        key = split_key(conv, end_user)
-        split = self._split.get(key)
-        if split is None:
-            split = self._split[key] = split_of(key, self.options.eval_fraction, self.options.split_salt)
         prompt = [{"role": t.role, "content": self.text(t.content)} for t in turns[:-1]]
-        return Context(conv, split, prompt, message_id, self.text(turns[-1].content))
+        last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), None)
+        text = splitting.question_text(last_user) if last_user is not None else f"conversation {conv}"
+        ctx = Context(conv, "", prompt, message_id, self.text(turns[-1].content), splitting.question_hash(text))
+        self._question_texts[ctx.question] = text
+        if self._assigned is not None:  # made after the assignment (not expected): only known questions
+            if ctx.question not in self._assigned:
+                return "unassigned_question"
+            ctx.group, ctx.split = self._assigned[ctx.question]
+        return ctx
+
+    def assign_splits(self, session) -> None:
+        """Group every context the build can read (feedback targets and served replies) by question and
+        give it its group's split (see split.py; the build persists `new_assignments` at its end).
+        Contexts of a conversation whose groups ended up in different splits are dropped below the
+        conversation's highest split (test > validation > train)."""
+        store = self.store
+        mids = dict.fromkeys([r[1] for r in store.ratings] + [r[1] for r in store.thumbs]
+                             + [r[1] for r in store.corrections] + [r[1] for r in store.comparisons] + store.served)
+        contexts = [c for c in (self.peek(mid) for mid in mids) if c is not None]
+        questions = {c.question: self._question_texts[c.question] for c in contexts}
+        result = splitting.assign(session, questions, ((c.conversation_id, c.question) for c in contexts), self.options)
+        self._assigned = result.of
+        self.new_assignments = result.rows
+        best: dict[str, int] = {}
+        for c in contexts:
+            c.group, c.split = result.of[c.question]
+            best[c.conversation_id] = min(best.get(c.conversation_id, 9), splitting.RANK[c.split])
+        conflicts = 0
+        for c in contexts:
+            if splitting.RANK[c.split] > best[c.conversation_id]:
+                self._ctx[c.target_id] = "split_conflict"
+                conflicts += 1
+        groups = {c.group: c.split for c in contexts if self._ctx.get(c.target_id) is c}
+        self.split_report = {
+            "groups": dict(sorted(Counter(groups.values()).items())),
+            "new_groups": dict(sorted(result.new_groups.items())),
+            "new_questions": result.new_questions,
+            "joined_assigned_group": result.merged_into_assigned,
+            "inherited_via_conversation": result.inherited,
+            "conversation_conflicts_dropped": conflicts,
+        }
+        self._question_texts.clear()
 
     # ------------------------------------------------------------------------------ assessments
 
@@ -177,36 +223,54 @@ def lineage(ctx: Context, feedback_ids: Iterable[str], reviewer_ids: Iterable[in
     reviewers = [r for r in reviewer_ids if r is not None]
     return {"feedback_ids": feedback_ids if len(feedback_ids) == 1 else sorted(set(feedback_ids)),
             "reviewer_ids": reviewers if len(reviewers) == 1 else sorted(set(reviewers)),
-            "conversation_id": ctx.conversation_id, "message_id": ctx.target_id, "source": source, **extra}
+            "conversation_id": ctx.conversation_id, "message_id": ctx.target_id, "group": ctx.group,
+            "source": source, **extra}
 
 
 @dataclass
 class Assessment:
-    """Everything said about one reply, resolved by reliability-weighted consensus."""
+    """Everything said about one reply. Reviewer votes of weight 0 (below the reliability floor) are
+    left out. Replies with two or more reviewers get a Dawid–Skene posterior over bad/neutral/good
+    (`labels.py`); `pending` names why the reply waits for an admin (see `resolve_corrections`)."""
 
     reviewer_votes: list[tuple[str, float]] = field(default_factory=list)  # ratings, reviewer thumbs, corrections
     user_votes: list[tuple[str, float]] = field(default_factory=list)  # end-user thumbs
     reviewer_ids: list[str] = field(default_factory=list)  # feedback ids behind reviewer_votes
     user_ids: list[str] = field(default_factory=list)
     reviewers: set[int] = field(default_factory=set)
-    adjudicated: tuple[int, dict] | None = None  # (rating id, scores) of the latest admin decision
+    adjudicated: tuple[int, dict, int] | None = None  # (rating id, scores, admin id) of the latest admin decision
     weighted_scores: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
     rating_ids: list[str] = field(default_factory=list)
+    labels: list[tuple[int, str]] = field(default_factory=list)  # (reviewer, label) for the Dawid–Skene fit
+    good_voters: set[int] = field(default_factory=set)  # reviewers who rated it good or gave a thumbs up
+    ignored: int = 0  # votes left out: their reviewer is below the reliability floor
+    posterior: dict[str, float] | None = None  # Dawid–Skene class shares (≥ 2 reviewers)
+    pending: str | None = None  # "correction_vs_good" | "corrections_differ": waits for adjudication
 
 
 def assess(prep: Prep) -> dict[str, Assessment]:
-    """Collect the votes on every reply from ratings, thumbs and corrections."""
+    """Collect the votes on every reply from ratings, thumbs and corrections, then estimate the label
+    of every reply with two or more reviewers by Dawid–Skene EM (counts in `prep.conflicts["consensus"]`)."""
     out: dict[str, Assessment] = defaultdict(Assessment)
     for rid, mid, reviewer, scores, adjudicated in prep.store.ratings:
         a = out[mid]
         scores = scores or {}
-        if adjudicated and (a.adjudicated is None or rid > a.adjudicated[0]):
-            a.adjudicated = (rid, scores)
+        if adjudicated:
+            if a.adjudicated is None or rid > a.adjudicated[0]:
+                a.adjudicated = (rid, scores, reviewer)
+            continue  # an admin's decision is not one more vote: it decides alone (see the verdicts)
         w = prep.weight(reviewer)
-        a.reviewer_votes.append((prep.rating_label(scores), w))
+        if w <= 0:
+            a.ignored += 1
+            continue
+        label = prep.rating_label(scores)
+        a.reviewer_votes.append((label, w))
         a.reviewer_ids.append(f"rating:{rid}")
         a.rating_ids.append(f"rating:{rid}")
         a.reviewers.add(reviewer)
+        a.labels.append((reviewer, label))
+        if label == "good":
+            a.good_voters.add(reviewer)
         for dim in prep.rubric:
             if isinstance(scores.get(dim), int | float):
                 a.weighted_scores[dim].append((float(scores[dim]), w))
@@ -214,32 +278,78 @@ def assess(prep: Prep) -> dict[str, Assessment]:
         a = out[mid]
         label = "good" if value == "up" else "bad"
         if source == "reviewer":
-            a.reviewer_votes.append((label, prep.weight(user_id)))
+            w = prep.weight(user_id)
+            if w <= 0:
+                a.ignored += 1
+                continue
+            a.reviewer_votes.append((label, w))
             a.reviewer_ids.append(f"thumbs:{tid}")
             a.reviewers.add(user_id)
+            a.labels.append((user_id, label))
+            if label == "good":
+                a.good_voters.add(user_id)
         else:
             a.user_votes.append((label, prep.options.end_user_weight))
             a.user_ids.append(f"thumbs:{tid}")
     for cid, mid, reviewer, _content, _original in prep.store.corrections:
         a = out[mid]
-        a.reviewer_votes.append(("bad", prep.weight(reviewer)))
+        w = prep.weight(reviewer)
+        if w <= 0:
+            a.ignored += 1
+            continue
+        a.reviewer_votes.append(("bad", w))
         a.reviewer_ids.append(f"correction:{cid}")
         a.reviewers.add(reviewer)
+        a.labels.append((reviewer, "bad"))
+    posteriors, report = dawid_skene({mid: a.labels for mid, a in out.items() if a.adjudicated is None},
+                                     prep.reliability)
+    for mid, posterior in posteriors.items():
+        out[mid].posterior = posterior
+    prep.conflicts["consensus"].update({
+        "dawid_skene_items": report["items"],
+        "votes_ignored_below_floor": sum(a.ignored for a in out.values()),
+        "replies_only_below_floor": sum(1 for a in out.values()
+                                        if a.ignored and not a.reviewer_votes and a.adjudicated is None),
+    })
     return out
 
 
+def _disputed(a: Assessment) -> bool:
+    """Reviewers gave different labels and Dawid–Skene weighed them (unanimous votes stand as they are)."""
+    return a.posterior is not None and len({label for _, label in a.labels}) > 1
+
+
+def _reviewer_share(a: Assessment) -> list[tuple[str, float]]:
+    """Reviewer votes as a consensus sees them: for a disputed reply the Dawid–Skene class shares
+    scaled to the reviewers' total weight, else the votes themselves."""
+    if not _disputed(a):
+        return a.reviewer_votes
+    total = sum(w for _, w in a.reviewer_votes)
+    return [(label, share * total) for label, share in a.posterior.items() if share > 0]
+
+
 def reviewer_verdict(prep: Prep, a: Assessment) -> tuple[str | None, str | None]:
-    """good / bad / neutral from reviewers only; an admin's adjudicated rating decides alone."""
+    """good / bad / neutral from reviewers only; an admin's adjudicated rating decides alone; a reply
+    waiting for adjudication is unresolved; a disputed one takes the Dawid–Skene label when its
+    posterior reaches `min_agreement`."""
     if a.adjudicated is not None:
         return prep.rating_label(a.adjudicated[1]), None
+    if a.pending:
+        return None, "unresolved"
+    if _disputed(a):
+        label = max(a.posterior, key=lambda k: (a.posterior[k], k))
+        return (label, "resolved") if a.posterior[label] >= prep.options.min_agreement else (None, "unresolved")
     return consensus(a.reviewer_votes, prep.options.min_agreement)
 
 
 def overall_verdict(prep: Prep, a: Assessment) -> tuple[str | None, str | None]:
-    """Reviewers and end users together (end users weigh `end_user_weight`)."""
+    """Reviewers (Dawid–Skene shares when disputed) and end users together (end users weigh
+    `end_user_weight`)."""
     if a.adjudicated is not None:
         return prep.rating_label(a.adjudicated[1]), None
-    return consensus(a.reviewer_votes + a.user_votes, prep.options.min_agreement)
+    if a.pending:
+        return None, "unresolved"
+    return consensus(_reviewer_share(a) + a.user_votes, prep.options.min_agreement)
 
 
 def mean_score(prep: Prep, a: Assessment) -> float | None:
@@ -255,22 +365,59 @@ def mean_score(prep: Prep, a: Assessment) -> float | None:
     return sum(per_dim) / len(per_dim) if per_dim else None
 
 
-def resolve_corrections(prep: Prep) -> dict[str, tuple[str, list[str], list[int]] | None]:
-    """Per reply, the consensus correction: (content, correction ids, reviewer ids), or None if unresolved."""
+def resolve_corrections(prep: Prep, assessments: dict[str, Assessment] | None = None,
+                        ) -> dict[str, tuple[str, list[str], list[int]] | None]:
+    """Per corrected reply, the correction to train on: (content, correction ids, reviewer ids), or None
+    while the reply waits for adjudication (its `Assessment.pending` says why).
+
+    - Corrections by reviewers below the reliability floor are ignored (a reply corrected only by
+      them is left out: filters.correction.unreliable_reviewer).
+    - Differing corrections are grouped into near-identical versions (`feedback.quality.choose_correction`:
+      equal words, or word-set Jaccard ≥ `correction_similarity`); the version whose reviewers weigh most
+      wins when it outweighs the next by 1 + `correction_margin`, else the reply waits for adjudication.
+    - A correction of a reply another reviewer rated good (or gave a thumbs up) waits for adjudication:
+      neither the correction (SFT target, DPO chosen) nor the reply is used until an admin decides.
+    - After adjudication: scores judged good keep the reply and drop the corrections; otherwise the
+      admin's own correction wins, else the heaviest version.
+    """
+    assessments = assess(prep) if assessments is None else assessments
     by_message: dict[str, list[tuple]] = defaultdict(list)
     for row in prep.store.corrections:
         by_message[row[1]].append(row)
+    similarity, margin = prep.options.correction_similarity, prep.options.correction_margin
     out = {}
     for mid, rows in by_message.items():
-        groups: dict[str, list[tuple]] = defaultdict(list)
-        for row in rows:
-            groups[normalize(row[3])].append(row)
-        winner, state = consensus(((key, prep.weight(row[2])) for key, g in groups.items() for row in g),
-                                  prep.options.min_agreement)
-        prep.conflict("correction", state)
-        if winner is None:
+        a = assessments.get(mid) or Assessment()
+        picks = [(r[0], r[2], r[3]) for r in rows]  # (id, reviewer, content)
+        chosen, group, state, groups = choose_correction(picks, prep.weight, similarity, margin)
+        if a.adjudicated is not None:
+            if prep.rating_label(a.adjudicated[1]) == "good":
+                prep.drop("correction", "adjudicated_good")
+                continue
+            admin = [p for p in picks if p[1] == a.adjudicated[2]]
+            if admin:
+                chosen, group = max(admin, key=lambda p: p[0]), [max(admin, key=lambda p: p[0])]
+            elif chosen is None and groups:
+                ids = set(groups[0]["correction_ids"])
+                group = [p for p in picks if p[0] in ids]
+                chosen = max(group, key=lambda p: (prep.weight(p[1]), p[0]))
+            if chosen is None:
+                prep.drop("correction", "unreliable_reviewer")
+                continue
+            out[mid] = (chosen[2], sorted(f"correction:{p[0]}" for p in group), sorted({p[1] for p in group}))
+            continue
+        if state == "unreliable":
+            prep.drop("correction", "unreliable_reviewer")
+            continue
+        correctors = {p[1] for p in picks if prep.weight(p[1]) > 0}
+        if a.good_voters - correctors:
+            a.pending = "correction_vs_good"
+        elif state == "adjudicate":
+            a.pending = "corrections_differ"
+        prep.conflict("correction", "adjudication" if a.pending else state)
+        if a.pending:
+            prep.drop("correction", f"awaiting_adjudication_{a.pending}")
             out[mid] = None
             continue
-        group = sorted(groups[winner], key=lambda r: r[0])
-        out[mid] = (group[-1][3], [f"correction:{r[0]}" for r in group], [r[2] for r in group])
+        out[mid] = (chosen[2], [f"correction:{p[0]}" for p in sorted(group)], [p[1] for p in sorted(group)])
     return out

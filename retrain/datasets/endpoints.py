@@ -22,7 +22,8 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 async def build_dataset(session: SessionDep, settings: SettingsDep, admin: AdminUser, response: Response,
                         options: Annotated[BuildOptions | None, Body(openapi_examples={
                             "nightly": {"value": {}},
-                            "with replay": {"value": {"replay_fraction": 0.2, "eval_fraction": 0.1}},
+                            "with replay": {"value": {"replay_fraction": 0.2, "validation_fraction": 0.1,
+                                                      "test_fraction": 0.2}},
                         })] = None) -> SnapshotCreated:
     """Build a snapshot from the feedback store now; identical content returns the existing one."""
     try:

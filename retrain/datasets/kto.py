@@ -4,6 +4,7 @@ reviewers and end users), plus each consensus correction as desirable. TRL's KTO
 from collections import Counter
 
 from retrain.datasets.common import Assessment, Example, Prep, lineage, overall_verdict
+from retrain.datasets.schemas import SPLITS
 
 
 class MissingClassError(ValueError):
@@ -44,7 +45,7 @@ def balance(examples: list[Example]) -> dict[str, dict]:
     """Desirable/undesirable counts and the desirable share per split."""
     counts = Counter((e.split, e.row["label"]) for e in examples)
     report = {}
-    for split in ("train", "eval"):
+    for split in SPLITS:
         d, u = counts[(split, True)], counts[(split, False)]
         report[split] = {"desirable": d, "undesirable": u, "desirable_share": round(d / (d + u), 4) if d + u else None}
     return report

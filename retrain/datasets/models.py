@@ -1,9 +1,10 @@
-"""The snapshot record: a content-hashed, immutable dataset on disk."""
+"""The snapshot record (a content-hashed, immutable dataset on disk) and the persisted split of
+every question group (see split.py)."""
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, LargeBinary
 from sqlmodel import Field, SQLModel
 
 from core.models import utcnow
@@ -32,3 +33,21 @@ class DatasetSnapshotPublic(DatasetSnapshotBase):
 class DatasetsPublic(SQLModel):
     data: list[DatasetSnapshotPublic]
     count: int
+
+
+class SplitAssignment(SQLModel, table=True):
+    """One row per distinct normalized question a build has seen: its group and the group's split,
+    fixed forever once assigned (growth and changed fractions never move it; `as_of` rebuilds see the
+    same splits).
+
+    Privacy: no question text is stored, only a sha256 of the normalized question and its MinHash
+    signature (64 x uint32, for matching near duplicates of later questions). A privacy deletion happens
+    in the feedback domain, which must not import retrain, so it cannot delete these rows; keeping them
+    free of plaintext is what makes that safe."""
+
+    question_hash: str = Field(primary_key=True, max_length=64, description="sha256 of the normalized question")
+    group_key: str = Field(max_length=64, index=True, description="question_hash of the group's representative")
+    split: str = Field(max_length=16, description="train, validation or test")
+    signature: bytes = Field(sa_column=Column(LargeBinary, nullable=False),
+                             description="MinHash signature of the question's word 3-grams (uint32, little-endian)")
+    assigned_at: datetime = Field(default_factory=utcnow)

@@ -3,11 +3,11 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 Kind = Literal["sft", "dpo", "kto"]
 KINDS: tuple[str, ...] = ("sft", "dpo", "kto")
-SPLITS: tuple[str, ...] = ("train", "eval")
+SPLITS: tuple[str, ...] = ("train", "validation", "test")  # training reads validation; only the gates read test
 ANCHOR = ("sft", "anchor")  # sft.anchor.jsonl: served replies training holds steady (see anchors.py)
 
 
@@ -20,8 +20,14 @@ class BuildOptions(BaseModel):
                                      "class is then left empty (recorded) instead of failing the build.")
     as_of: datetime | None = Field(None, description="Read only feedback (and, for anchors, replies) created at or "
                                      "before this time.")
-    eval_fraction: float = Field(0.1, ge=0, le=0.9, description="Share of end users/conversations in eval.")
-    split_salt: str = Field("hitl", description="Changing it reshuffles every split: keep it fixed.")
+    validation_fraction: float = Field(0.1, ge=0, le=0.5, description="Target share of new question groups "
+                                       "in validation (early stopping, model choice). Assigned groups never move.")
+    test_fraction: float = Field(0.2, ge=0, le=0.5, description="Target share of new question groups in test "
+                                 "(read only by the gates). Assigned groups never move.")
+    question_similarity: float = Field(0.7, gt=0, le=1, description="Questions (normalized last user turns) "
+                                       "whose estimated Jaccard of word 3-grams reaches this are one group.")
+    split_salt: str = Field("hitl", description="Orders new question groups for assignment; assigned groups "
+                            "keep their split whatever the salt.")
     sft_min_score: int = Field(4, ge=1, le=5, description="A reply is top-rated when every rubric dimension ≥ this.")
     bad_max_score: int = Field(2, ge=1, le=5, description="A reply is bad when any rubric dimension ≤ this.")
     dpo_rating_margin: float = Field(1.0, ge=0, description="Mean-score gap for a DPO pair between two replies "
@@ -29,6 +35,11 @@ class BuildOptions(BaseModel):
     min_agreement: float = Field(0.7, gt=0.5, le=1, description="Reliability-weighted share the majority needs; "
                                  "below it the item is an unresolved conflict and left out.")
     end_user_weight: float = Field(0.5, ge=0, le=1, description="Vote weight of an end user's thumbs.")
+    correction_similarity: float = Field(0.8, gt=0, le=1, description="Corrections of one reply whose word-set "
+                                         "Jaccard reaches this (or whose words are equal) are one version.")
+    correction_margin: float = Field(0.25, ge=0, description="Differing corrections of one reply: the version "
+                                     "whose reviewers weigh most wins if it outweighs the next by this factor "
+                                     "(1 + margin); otherwise the reply waits for adjudication.")
     exclude_tags: list[str] = Field(["unsafe", "pii"], description="Flag tags that exclude a reply and every "
                                     "example whose context contains it.")
     redact_pii: bool = True
@@ -48,6 +59,12 @@ class BuildOptions(BaseModel):
     paraphrase_model: str | None = None
     paraphrase_max_tokens: int = Field(256, ge=8, le=2048, description="Longest paraphrase asked for.")
     paraphrase_api_key: str | None = Field(None, description="Never written to the manifest.")
+
+    @model_validator(mode="after")
+    def _train_keeps_a_share(self) -> "BuildOptions":
+        if self.validation_fraction + self.test_fraction > 0.9:
+            raise ValueError("validation_fraction + test_fraction must be at most 0.9")
+        return self
 
 
 class SnapshotCreated(BaseModel):

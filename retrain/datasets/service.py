@@ -2,8 +2,14 @@
 
 Pipeline: read the store (bulk) → resolve consensus → SFT / DPO / KTO candidates (deleted and
 flagged contexts left out, PII redacted) → optional paraphrase expansion → token-length limit →
-replay mix → exact and near-duplicate removal (eval wins over train) → KTO class check → rows
-sorted by their own hash → snapshot hash over the rows → files + manifest + database row.
+replay mix → exact and near-duplicate removal (test wins over validation wins over train) → KTO
+class check → rows sorted by their own hash → snapshot hash over the rows → files + manifest +
+database row.
+
+Splits (split.py): every context is grouped by its question (normalized last user turn, near
+duplicates merged); a group's split is persisted the first time it is seen and never changes. Files:
+`{sft,dpo,kto}.{train,validation,test}.jsonl` (+ Parquet when not empty) and, with anchors,
+`sft.anchor.jsonl` (train side only). Training reads train and validation; only the gates read test.
 """
 
 import hashlib
@@ -13,6 +19,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,7 @@ from sqlmodel import Session, select
 from core.models import utcnow
 from core.settings import Settings
 from retrain.datasets import anchors, dpo, kto, sft
+from retrain.datasets import split as splitting
 from retrain.datasets.cleaning import TokenCounter, near_duplicate_groups
 from retrain.datasets.common import Example, Prep, assess, resolve_corrections
 from retrain.datasets.models import DatasetSnapshot
@@ -31,6 +39,7 @@ from retrain.datasets.schemas import ANCHOR, KINDS, SPLITS, BuildOptions
 BUILDER_VERSION = "1.0"
 DEFAULT_RUBRIC = ["correctness", "helpfulness", "tone"]
 SOURCE_RANK = {"feedback": 0, "replay": 1, "paraphrase": 2, "anchor": 3}
+SPLIT_RANK = {"test": 0, "validation": 1, "train": 2}  # dedup keeps the copy in the highest split
 
 Progress = Callable[[str], None]
 
@@ -62,17 +71,20 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
     step("reading feedback")
     store = load_store(session, options.as_of, served=options.anchors * 4)
     lap("read")
-    reliability, reliability_source = _reliability(session)
+    reliability, reliability_source = _reliability(session, options.as_of or utcnow())
     lap("reliability")
     rubric = list(getattr(settings, "review_rubric", None) or DEFAULT_RUBRIC)
     prep = Prep(store, options, rubric, reliability)
     prep.redact_all([t.content for turns in store.turns.values() for t in turns]
                     + [row[3] for row in store.corrections] + [c[1] for c in store.candidates.values()])
     lap("redact")
+    step("assigning splits")
+    prep.assign_splits(session)
+    lap("split")
 
     step("resolving consensus")
     assessments = assess(prep)
-    corrections = resolve_corrections(prep)
+    corrections = resolve_corrections(prep, assessments)
     kinds = list(options.kinds or KINDS)
     builders = {"sft": sft.build, "dpo": dpo.build, "kto": kto.build}
     examples = {k: (builders[k](prep, assessments, corrections) if k in kinds else []) for k in KINDS}
@@ -142,6 +154,7 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
     snapshot_hash = digest.hexdigest()
     counts = {k: {s: len(files[(k, s)]) for s in SPLITS} for k in KINDS}
 
+    splitting.persist(session, prep.new_assignments)  # new question groups keep their split from now on
     existing = session.exec(select(DatasetSnapshot).where(DatasetSnapshot.hash == snapshot_hash)).first()
     target = (settings.data_dir / "datasets" / snapshot_hash).resolve()
     manifest = {
@@ -159,14 +172,22 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
         "pii_redactions": dict(prep.pii),
         "kto_balance": kto_balance,
         "kto_refused": kto_refused,
-        "split": {"method": "sha256(salt:key) < eval_fraction; key = end user, else conversation",
-                  "eval_fraction": options.eval_fraction, "salt": options.split_salt},
+        "split": {"method": "persisted per question group (normalized last user turn, near duplicates by MinHash "
+                            "LSH over word 3-grams); new groups by largest deficit in sha256(salt:key) order, "
+                            "inheriting the split of an assigned group that shares a conversation",
+                  "fractions": {"train": round(1 - options.validation_fraction - options.test_fraction, 6),
+                                "validation": options.validation_fraction, "test": options.test_fraction},
+                  "question_similarity": options.question_similarity, "salt": options.split_salt,
+                  "readers": {"train": "training", "validation": "training (early stopping, model choice)",
+                              "test": "gates only"},
+                  **prep.split_report},
         "length": {"max_tokens": options.max_tokens, "tokenizer": counter.source, "exact": counter.exact,
                    "texts_tokenized": counter.tokenized,
                    "rule": "prompt + completion (DPO: the longer answer) tokens incl. chat overhead; examples "
                            "whose UTF-8 byte count already fits are not tokenized (tokens ≤ bytes)"},
         "dedup": {"exact": "normalized full content", "near": "MinHash LSH (datasketch affine32), word 3-grams",
-                  "threshold": options.near_duplicate_threshold, "rule": "eval wins: train copies removed"},
+                  "threshold": options.near_duplicate_threshold,
+                  "rule": "test wins over validation wins over train: the lower split's copies are removed"},
         "replay": {"rows": replay_n, "fraction": options.replay_fraction, "source": "retrain/datasets/data/general.jsonl"},
         "anchors": {"rows": len(anchor_rows), "limit": options.anchors, "general": options.anchor_general,
                     "file": "sft.anchor.jsonl",
@@ -175,7 +196,8 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
                             "champion's distributions, never a target"},
         "expansion": _expansion_report(expansion, examples["sft"]),
         "reviewer_reliability": reliability_source,
-        "lineage": "each row's `lineage` (feedback ids, reviewer ids, conversation, message, source); "
+        "lineage": "each row's `lineage` (feedback ids, reviewer ids, conversation, message, question group, "
+                   "source; SFT: origin correction | approved); "
                    "manifest.json on disk adds `examples`: per file, row i -> [feedback ids, reviewer ids]",
         "rubric": rubric,
         "feedback_watermark": store.watermark,
@@ -199,7 +221,7 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
 
 
 def load_split(snapshot_path: str | Path, kind: str, split: str) -> list[dict]:
-    """The rows of one kind and split of a snapshot."""
+    """The rows of one kind and split (train, validation, test; or sft.anchor) of a snapshot."""
     if (kind, split) != ANCHOR and (kind not in KINDS or split not in SPLITS):
         raise ValueError(f"kind must be one of {KINDS} and split one of {SPLITS} (or sft.anchor)")
     path = Path(snapshot_path) / f"{kind}.{split}.jsonl"
@@ -218,12 +240,16 @@ def list_snapshots(session: Session, limit: int = 100) -> list[DatasetSnapshot]:
 # --------------------------------------------------------------------------------------- helpers
 
 
-def _reliability(session: Session) -> tuple[dict[int, float], str]:
+def _reliability(session: Session, as_of: datetime) -> tuple[dict[int, float], str]:
+    """Reviewer vote weights from feedback created at or before `as_of` (the build's `options.as_of`,
+    else its start), so rebuilding an old snapshot with its `as_of` weighs reviewers the same way."""
     try:
         from feedback.quality import reviewer_reliability
     except ImportError:
         return {}, "default 1.0 for every reviewer (feedback.quality.reviewer_reliability not available)"
-    return reviewer_reliability(session), "feedback.quality.reviewer_reliability (1.0 for unknown reviewers)"
+    return reviewer_reliability(session, as_of=as_of), (
+        f"feedback.quality.reviewer_reliability as of {as_of.isoformat()} (gold reliability, 0 below the floor; "
+        "1.0 for unknown reviewers)")
 
 
 def _canonical(row: dict) -> str:
@@ -280,12 +306,13 @@ def _keys(prep: Prep, e: Example) -> tuple[tuple, str]:
 
 
 def _deduplicate(prep: Prep, kind: str, examples: list[Example], threshold: float) -> list[Example]:
-    """Exact then near duplicates. Eval examples come first, so a train copy of an eval example is
-    the one removed (never the eval one). Paraphrase variants are only checked against eval."""
+    """Exact then near duplicates. Test examples come first, then validation, then train, so the copy
+    removed is always the one in the lower split (never a held-out one). Paraphrase variants are only
+    checked against higher splits."""
     keyed = []
     for e in examples:
         exact, near = _keys(prep, e)
-        order = (e.split != "eval", SOURCE_RANK[e.row["lineage"]["source"]], _line(e)[0])
+        order = (SPLIT_RANK[e.split], SOURCE_RANK[e.row["lineage"]["source"]], _line(e)[0])
         keyed.append((order, exact, near, e))
     keyed.sort(key=lambda x: x[0])
 
@@ -299,11 +326,13 @@ def _deduplicate(prep: Prep, kind: str, examples: list[Example], threshold: floa
         survivors.append((near, e))
 
     roots = near_duplicate_groups([near for near, _ in survivors], threshold)
-    has_eval = {r for r, (_, e) in zip(roots, survivors, strict=True) if e.split == "eval"}
+    top: dict[int, int] = {}  # near-duplicate group -> its highest split (lowest rank)
+    for r, (_, e) in zip(roots, survivors, strict=True):
+        top[r] = min(top.get(r, 9), SPLIT_RANK[e.split])
     kept_in: set[tuple[int, str]] = set()
     out = []
     for root, (_near, e) in zip(roots, survivors, strict=True):
-        if e.split == "train" and root in has_eval:
+        if SPLIT_RANK[e.split] > top[root]:
             prep.drop(kind, "cross_split_near_duplicate")
             continue
         if e.row["lineage"]["source"] != "paraphrase":

@@ -1,6 +1,9 @@
 """SFT examples: the conversation up to a reply + the consensus correction, or + the reply itself
 when reviewers agree it is good (every rubric dimension ≥ threshold, or a reviewer's thumbs up) and it
-was not cut off by max_tokens (training on it would teach the model to stop mid-sentence)."""
+was not cut off by max_tokens (training on it would teach the model to stop mid-sentence).
+
+`lineage.origin` says which: "correction" (a reviewer's rewrite is the target) or "approved" (the
+top-rated reply kept as is)."""
 
 from retrain.datasets.common import Assessment, Example, Prep, lineage, reviewer_verdict
 
@@ -16,7 +19,7 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> 
             continue
         content, ids, reviewers = resolved
         row = {"messages": ctx.prompt + [{"role": "assistant", "content": prep.text(content)}],
-               "lineage": lineage(ctx, ids, reviewers, via="correction")}
+               "lineage": lineage(ctx, ids, reviewers, via="correction", origin="correction")}
         out.append(Example("sft", ctx.split, row, mid, ctx.prompt, row["messages"][-1:]))
     for mid, a in assessments.items():
         if mid in corrections or (not a.reviewer_votes and a.adjudicated is None):
@@ -35,6 +38,6 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> 
             prep.drop("sft", "truncated")
             continue
         row = {"messages": ctx.prompt + [{"role": "assistant", "content": ctx.target}],
-               "lineage": lineage(ctx, a.reviewer_ids, a.reviewers, via="top_rated")}
+               "lineage": lineage(ctx, a.reviewer_ids, a.reviewers, via="top_rated", origin="approved")}
         out.append(Example("sft", ctx.split, row, mid, ctx.prompt, row["messages"][-1:]))
     return out

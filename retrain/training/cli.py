@@ -85,6 +85,45 @@ def list_runs(limit: int = typer.Option(20, help="How many runs.")) -> None:
                        f"{r.candidate_version or '-':<24} {(r.reason or r.error or '')[:60]}")
 
 
+@app.command("plan")
+def plan(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML file with RetrainConfig values."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a field: sft.min_examples=128 (repeatable)."),
+    snapshot: Path = typer.Option(None, help="Plan on this snapshot directory instead of building one."),
+) -> None:
+    """What a run would train now: stages, and per stage the optimizer steps, tokens, learning rate and why."""
+    from retrain.datasets.schemas import BuildOptions
+    from retrain.datasets.service import build_snapshot
+    from retrain.training.plan import size_stages, snapshot_plan
+    from service.service import ensure_champion
+
+    migrate()
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    with session_scope() as session:
+        path = snapshot.resolve() if snapshot else Path(
+            build_snapshot(session, _settings(), BuildOptions(**cfg.snapshot_options)).path)
+        base_path = ensure_champion(session, _settings()).base_path
+    result = snapshot_plan(path, cfg)
+    size_stages(result, cfg, base_path)
+    console.print(f"snapshot {result['snapshot_path']}: {result['counts']}")
+    for stage in result["stages"]:
+        b = stage["budget"]
+        console.print(f"[bold]{stage['method']}[/bold]: {stage['train_rows']} train, {stage['validation_rows']} "
+                      f"validation rows; {b['steps']} optimizer steps x {b['examples_per_step']} examples "
+                      f"({b['passes']:g} passes, {b['tokens']} tokens), learning rate {b['learning_rate']:.2g} "
+                      f"- {stage['reason']}")
+        for line in b["why"]:
+            console.print(f"    {line}")
+    for skipped in result["skipped"]:
+        console.print(f"{skipped['method']}: skipped ({skipped['reason']})")
+    if result.get("search"):
+        console.print(f"search: {result['search']['reason']} (factors {result['search']['lr_factors']})")
+
+
 @app.command("config")
 def show_config() -> None:
     """Every config field with its default and help (YAML keys for --config / --set)."""

@@ -24,16 +24,26 @@ def _help(text: str, **kw) -> Any:
 class MethodConfig:
     """Fields every method shares. Any other TRL / TrainingArguments field goes in `extra`."""
 
-    learning_rate: float = _help("Peak learning rate (after warmup).", default=2e-4)
-    num_train_epochs: float = _help("Epochs over the train split.", default=3.0)
-    max_steps: int = _help("Stop after this many optimizer steps (-1: run all epochs).", default=-1)
-    effective_batch_size: int = _help(
-        "Examples per optimizer step; reached with the largest per-device batch that fits + accumulation.",
-        default=16)
+    learning_rate: float | None = _help(
+        "Peak learning rate (after warm-up); None: from the model's width and the LoRA rank (budget.py).",
+        default=None)
+    epochs: float = _help("Passes over a large snapshot (a small one gets more: min_examples).", default=2.0)
+    min_examples: int = _help("Train examples seen at least, so a small snapshot still learns (its rows repeat).",
+                              default=256)
+    max_passes: float = _help("Most passes over a small snapshot.", default=10.0)
+    max_tokens: int = _help("Most tokens seen in the stage: caps a large snapshot.", default=2_000_000)
+    batch_tokens: int = _help("Tokens per optimizer step; examples per step = this / mean example tokens, at most "
+                              "half the train rows.", default=2048)
+    max_steps: int | None = _help("Fix the number of optimizer steps (None: from the budget).", default=None)
+    effective_batch_size: int | None = _help(
+        "Fix the examples per optimizer step (None: from batch_tokens); reached with the largest per-device batch "
+        "that fits + accumulation.", default=None)
     per_device_train_batch_size: int | None = _help(
         "Fix the per-device batch (None: the largest that fits, found by accelerate).", default=None)
+    evaluations: int = _help("Validation-loss evaluations over the stage (early stopping and the kept checkpoint "
+                             "use them).", default=5)
     max_length: int = _help("Longest tokenized example; longer ones are truncated.", default=1024)
-    warmup_ratio: float = _help("Fraction of steps with linear learning-rate warmup.", default=0.1)
+    warmup_ratio: float = _help("Fraction of steps with linear learning-rate warm-up.", default=0.1)
     lr_scheduler_type: str = _help("Learning-rate schedule after warmup (transformers name).", default="cosine")
     max_grad_norm: float = _help("Gradient clipping norm.", default=1.0)
     weight_decay: float = _help("AdamW weight decay.", default=0.0)
@@ -43,10 +53,15 @@ class MethodConfig:
     lora_target_modules: list[str] | str = _help(
         "Modules that get LoRA ('all-linear' or a list of names).", default="all-linear")
     early_stopping_patience: int = _help(
-        "Stop when eval loss has not improved for this many evaluations (one per epoch); 0: never.", default=2)
-    keep: str = _help("Adapter that becomes the candidate: 'best' (lowest eval loss) or 'last' (the final step; "
-                      "early stopping off). 'last' suits an eval split of other facts than the corrections.",
-                      default="best")
+        "Stop when the validation loss has not improved for this many evaluations; 0: never.", default=2)
+    keep: str = _help("Adapter that becomes the candidate: 'best' (the latest evaluation within "
+                      "validation_tolerance of the lowest validation loss) or 'last' (the final step; early stopping "
+                      "off).", default="best")
+    validation_tolerance: float = _help(
+        "Relative validation loss above the lowest that still counts as no worse. The validation split holds "
+        "other questions: once their loss stops improving, further steps memorize the corrections themselves "
+        "(what reviewers asked for); they are kept while the other questions lose no more than this.",
+        default=0.10)
     min_rows: int = _help("The plan trains this method only with at least this many train rows.", default=8)
     extra: dict[str, Any] = _help(
         "Extra keyword arguments passed verbatim to the TRL config (e.g. {optim: adamw_torch_fused}).",
@@ -70,8 +85,9 @@ class SFTOptions(MethodConfig):
 class DPOOptions(MethodConfig):
     """Direct preference optimisation on (chosen, rejected) pairs; the reference is the champion."""
 
-    learning_rate: float = _help("Peak learning rate (after warmup).", default=5e-5)
-    num_train_epochs: float = _help("Epochs over the train split.", default=2.0)
+    epochs: float = _help("Passes over a large snapshot.", default=1.0)
+    min_examples: int = _help("Pairs seen at least.", default=64)
+    max_passes: float = _help("Most passes over a small snapshot.", default=3.0)
     beta: float = _help("DPO temperature: how far the policy may move from the reference.", default=0.1)
     loss_type: str = _help("DPO loss variant (TRL name).", default="sigmoid")
 
@@ -80,8 +96,9 @@ class DPOOptions(MethodConfig):
 class KTOOptions(MethodConfig):
     """KTO on thumbs (desirable / undesirable single replies); used when there are too few pairs for DPO."""
 
-    learning_rate: float = _help("Peak learning rate (after warmup).", default=5e-5)
-    num_train_epochs: float = _help("Epochs over the train split.", default=2.0)
+    epochs: float = _help("Passes over a large snapshot.", default=1.0)
+    min_examples: int = _help("Labelled replies seen at least.", default=64)
+    max_passes: float = _help("Most passes over a small snapshot.", default=3.0)
     beta: float = _help("KTO temperature.", default=0.1)
     min_rows: int = _help("The plan trains KTO only with at least this many train rows.", default=16)
     desirable_weight: float | None = _help(
@@ -98,18 +115,20 @@ class RetrainConfig:
     sft: SFTOptions = _help("SFT options.", default_factory=SFTOptions)
     dpo: DPOOptions = _help("DPO options.", default_factory=DPOOptions)
     kto: KTOOptions = _help("KTO options.", default_factory=KTOOptions)
-    sweep_learning_rates: list[float] = _help(
-        "Optional sweep: learning rates tried for the first stage; the trial with the lowest eval loss wins.",
-        default_factory=list)
-    sweep_epochs: list[float] = _help("Optional sweep: epoch counts crossed with sweep_learning_rates.",
-                                      default_factory=list)
+    search_lr_factors: list[float] = _help(
+        "Small search on the first stage: one trial per factor at the budget's learning rate times it; every "
+        "trial evaluates the validation loss along its steps, and the trial and step with the lowest one win "
+        "([1.0]: no search).", default_factory=lambda: [1.0, 0.5])
+    search_max_s: float = _help("Wall-time bound of the search: a further trial starts only when the time so far "
+                                "plus the last trial's fits in it (on a 2-core CPU one SmolLM2 trial of 30 "
+                                "corrections takes about 4 minutes, so only the first runs there).", default=300.0)
     save_steps: int = _help("Checkpoint every N optimizer steps (a killed run resumes from the last one).",
                             default=50)
     save_total_limit: int = _help("Checkpoints kept per stage.", default=2)
     logging_steps: int = _help("Record loss / learning rate / grad norm every N steps.", default=5)
     seed: int = _help("Random seed.", default=42)
     underfit_threshold: float = _help(
-        "Report underfitting when the best eval loss improved on the starting one by less than this fraction.",
+        "Report underfitting when the best validation loss improved on the starting one by less than this fraction.",
         default=0.01)
     chaining: str = _help(
         "'stack': the candidate adapter is the champion's adapter concatenated with the new LoRA "
@@ -225,10 +244,16 @@ def validate(config: RetrainConfig) -> RetrainConfig:
         raise ConfigError("chaining must be 'stack' or 'merge'")
     for name in METHODS:
         opts = getattr(config, name)
-        if opts.learning_rate <= 0 or opts.effective_batch_size < 1 or opts.lora_r < 1 or opts.max_length < 8:
-            raise ConfigError(f"{name}: learning_rate, effective_batch_size, lora_r and max_length must be positive")
+        positive = [opts.learning_rate, opts.effective_batch_size, opts.max_steps]
+        if any(v is not None and v <= 0 for v in positive) or opts.lora_r < 1 or opts.max_length < 8 \
+                or min(opts.epochs, opts.min_examples, opts.max_passes, opts.max_tokens, opts.batch_tokens,
+                       opts.evaluations) <= 0:
+            raise ConfigError(f"{name}: learning_rate, batch sizes, steps, budgets, lora_r and max_length must be "
+                              "positive")
         if opts.keep not in ("best", "last"):
             raise ConfigError(f"{name}: keep must be 'best' or 'last'")
+    if not config.search_lr_factors or min(config.search_lr_factors) <= 0:
+        raise ConfigError("search_lr_factors needs at least one positive factor")
     if config.save_steps < 1 or config.logging_steps < 1:
         raise ConfigError("save_steps and logging_steps must be >= 1")
     return config

@@ -113,6 +113,8 @@ def plan_batch(model, hw: Hardware, *, seq_len: int, effective: int, fixed: int 
         if batch == 0:
             raise MemoryError("not even one example fits in GPU memory")
     batch = min(batch, effective) if effective else batch
-    accumulation = max(1, -(-effective // (batch * max(1, hw.n_devices))))
+    devices = max(1, hw.n_devices)
+    accumulation = max(1, -(-effective // (batch * devices)))
+    batch = max(1, -(-effective // (accumulation * devices)))  # the same examples per step, in even micro-batches
     return {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
             "gradient_checkpointing": gc, "why": why}

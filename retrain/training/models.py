@@ -19,9 +19,11 @@ class RunStatus(StrEnum):
     skipped = "skipped"
     rejected = "rejected"
     promoted = "promoted"
+    insufficient_evidence = "insufficient_evidence"  # gates ran; a required gate lacked data: not promoted
 
 
-FINISHED = {RunStatus.succeeded, RunStatus.failed, RunStatus.skipped, RunStatus.rejected, RunStatus.promoted}
+FINISHED = {RunStatus.succeeded, RunStatus.failed, RunStatus.skipped, RunStatus.rejected, RunStatus.promoted,
+            RunStatus.insufficient_evidence}
 
 
 class RunTrigger(StrEnum):

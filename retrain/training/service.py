@@ -162,24 +162,32 @@ def split_path(snapshot: Path, kind: str, split: str) -> Path:
 
 
 def load_rows(snapshot: Path, kind: str, split: str) -> list[dict]:
-    """Rows of one split: the dataset builder's `load_split` when present, else the SEAMS JSONL files."""
+    """Rows of one split (any name: train, validation, test, anchor, or a legacy eval file): the dataset
+    builder's `load_split` when it knows the split, else the JSONL file as it is (SEAMS fixtures)."""
     try:
+        from retrain.datasets.schemas import ANCHOR, SPLITS
         from retrain.datasets.service import load_split
     except ImportError:
-        load_split = None
+        load_split, ANCHOR, SPLITS = None, None, ()
     path = split_path(snapshot, kind, split)
     if not path.exists():
         return []
-    if load_split is not None:
+    if load_split is not None and (split in SPLITS or (kind, split) == ANCHOR):
         return list(load_split(str(snapshot), kind, split))
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+SNAPSHOT_SPLITS = ("train", "validation", "test")
+
+
 def snapshot_counts(snapshot: Path) -> dict[str, dict[str, int]]:
+    """Rows per kind and split (train, validation, test; a legacy `eval` file is counted when present)."""
     counts: dict[str, dict[str, int]] = {}
     for kind in ("sft", "dpo", "kto"):
-        for split in ("train", "eval"):
+        for split in SNAPSHOT_SPLITS + ("eval",):
             path = split_path(snapshot, kind, split)
+            if split == "eval" and not path.exists():
+                continue
             n = sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
             counts.setdefault(kind, {})[split] = n
     return counts

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from retrain.training import adapters, hardware
+from retrain.training import adapters, budget, hardware
 from retrain.training.anchor import anchored
 from retrain.training.config import DPOOptions, KTOOptions, MethodConfig, RetrainConfig, SFTOptions
 
@@ -70,16 +70,23 @@ def assert_no_leakage(train: list[dict], eval_rows: list[dict], train_split: str
 # -- callbacks -------------------------------------------------------------------------------------
 
 class Recorder(TrainerCallback):
-    """Per-step metrics to the run record; best adapter after each evaluation (when it is the one kept);
-    early stopping; wall clock."""
+    """Per-step metrics to the run record; the kept adapter after each evaluation; early stopping; wall clock.
+
+    The kept adapter (`best/`) is the latest evaluation whose validation loss is within `tolerance` of the
+    lowest so far. The validation split holds other questions than the train split: once their loss stops
+    improving, further steps memorize the corrections themselves, which is what the reviewers asked for, and
+    are kept as long as they cost the other questions no more than the tolerance. Early stopping counts the
+    evaluations beyond it."""
 
     def __init__(self, stage_dir: Path, sink: Sink | None, tag: str, patience: int, max_wall_s: float | None,
-                 save_best: bool = True):
+                 save_best: bool = True, tolerance: float = 0.0):
         self.stage_dir, self.sink, self.tag, self.save_best = stage_dir, sink, tag, save_best
+        self.tolerance = tolerance
         self.patience, self.deadline = patience, (time.monotonic() + max_wall_s) if max_wall_s else None
         self.state_file = stage_dir / "best.json"
         saved = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
-        self.best = saved.get("best_eval_loss", math.inf)
+        self.best = saved.get("best_eval_loss", math.inf)  # the lowest validation loss
+        self.kept = saved.get("kept", None)  # the evaluation whose adapter is kept
         self.bad_evals = saved.get("bad_evals", 0)
         self.evals: list[dict] = saved.get("evals", [])
         self.last_eval_step = saved.get("last_eval_step", -1)
@@ -102,8 +109,9 @@ class Recorder(TrainerCallback):
             return
         self.last_eval_step = state.global_step
         self.evals.append({"step": state.global_step, "epoch": state.epoch, "eval_loss": loss})
-        if loss < self.best - 1e-6:
-            self.best, self.bad_evals = loss, 0
+        self.best = min(self.best, loss)
+        if loss <= self.best * (1 + self.tolerance) + 1e-6:
+            self.bad_evals, self.kept = 0, self.evals[-1]
             if self.save_best and state.is_world_process_zero and model is not None:
                 save_adapter(model, self.stage_dir / "best")
         else:
@@ -112,8 +120,9 @@ class Recorder(TrainerCallback):
                 control.should_training_stop = True
                 self.stopped_early = True
         if state.is_world_process_zero:
-            self.state_file.write_text(json.dumps({"best_eval_loss": self.best, "bad_evals": self.bad_evals,
-                                                   "evals": self.evals, "last_eval_step": self.last_eval_step}))
+            self.state_file.write_text(json.dumps({"best_eval_loss": self.best, "kept": self.kept,
+                                                   "bad_evals": self.bad_evals, "evals": self.evals,
+                                                   "last_eval_step": self.last_eval_step}))
             if self.sink:
                 self.sink({"stage": self.tag, "step": state.global_step, "max_steps": state.max_steps,
                            "eval_loss": loss, "epoch": state.epoch})
@@ -191,19 +200,41 @@ def longest_tokens(tokenizer, rows: list[dict], method: str, cap: int, sample: i
     return max(8, min(cap, n))
 
 
+def mean_tokens(tokenizer, rows: list[dict], cap: int, sample: int = 2000) -> float:
+    """Mean token length of an example (a DPO pair counts its chosen side), over the first `sample` rows."""
+    def messages(row):
+        return [*row.get("prompt", []), *(row.get("completion") or row.get("chosen") or [])]
+
+    lengths = [min(cap, len(tokenizer.apply_chat_template(messages(r), tokenize=True))) for r in rows[:sample]]
+    lengths = [n if isinstance(n, int) else 16 for n in lengths]
+    return sum(lengths) / len(lengths) if lengths else 16.0
+
+
+def model_width(base_path: str | Path) -> int:
+    config = json.loads((Path(base_path) / "config.json").read_text())
+    return int(config.get("hidden_size") or config.get("d_model") or budget.REFERENCE_WIDTH)
+
+
+def stage_budget(method: str, opts: MethodConfig, tokenizer, rows: list[dict], base_path: str | Path) -> budget.Budget:
+    """The stage's budget from its TRL rows (see budget.py)."""
+    return budget.size(method, opts, rows=len(rows), tokens_per_example=mean_tokens(tokenizer, rows, opts.max_length),
+                       width=model_width(base_path))
+
+
 def trl_args(method: str, opts: MethodConfig, config: RetrainConfig, hw: hardware.Hardware, batch: dict,
-             out: Path, has_eval: bool, train_rows: list[dict]) -> Any:
+             out: Path, has_eval: bool, train_rows: list[dict], plan: budget.Budget) -> Any:
     config_cls, _ = trl_classes(method, hw.device)
     kwargs: dict[str, Any] = dict(
         output_dir=str(out / "checkpoints"), seed=config.seed, report_to=[], disable_tqdm=True,
-        learning_rate=opts.learning_rate, num_train_epochs=opts.num_train_epochs, max_steps=opts.max_steps,
-        warmup_steps=opts.warmup_ratio, lr_scheduler_type=opts.lr_scheduler_type, max_grad_norm=opts.max_grad_norm,
+        learning_rate=plan.learning_rate, max_steps=plan.steps, warmup_steps=plan.warmup_steps,
+        lr_scheduler_type=opts.lr_scheduler_type, max_grad_norm=opts.max_grad_norm,
         weight_decay=opts.weight_decay, max_length=opts.max_length,
         per_device_train_batch_size=batch["per_device_train_batch_size"],
         per_device_eval_batch_size=batch["per_device_train_batch_size"],
         gradient_accumulation_steps=batch["gradient_accumulation_steps"],
         gradient_checkpointing=batch["gradient_checkpointing"],
-        eval_strategy="epoch" if has_eval else "no", save_strategy="steps", save_steps=config.save_steps,
+        eval_strategy="steps" if has_eval else "no", eval_steps=plan.eval_steps,
+        save_strategy="steps", save_steps=config.save_steps,
         save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, logging_first_step=True,
         dataloader_num_workers=0, **hardware.precision(hw, config.bf16),
     )
@@ -240,7 +271,7 @@ def train_stage(method: str, config: RetrainConfig, **kw) -> dict[str, Any]:
 def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, merge: list[str | Path],
                 train: list[dict], eval_rows: list[dict], out: Path, sink: Sink | None = None,
                 hw: hardware.Hardware | None = None, overrides: dict[str, Any] | None = None,
-                tag: str | None = None, anchors: list[dict] | None = None) -> dict[str, Any]:
+                tag: str | None = None, anchors: list[dict] | None = None, lr_factor: float = 1.0) -> dict[str, Any]:
     result_file = out / "result.json"
     if result_file.exists() and adapters.is_adapter(out / "final"):
         return json.loads(result_file.read_text()) | {"reused": True}
@@ -268,19 +299,26 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
     if hw.device == "cuda":
         model = model.to("cuda")
     train_ds, eval_ds = to_trl_rows(method, train), to_trl_rows(method, eval_rows)
-    seq_len = longest_tokens(tokenizer, train_ds, method, opts.max_length)
+    plan = stage_budget(method, opts, tokenizer, train_ds, base_path)
+    if lr_factor != 1.0:
+        plan.learning_rate *= lr_factor
+        plan.why.append(f"search trial: learning rate x {lr_factor:g} = {plan.learning_rate:.2g}")
+    packing = method == "sft" and hardware.use_packing(hw, getattr(opts, "packing", None))
+    # packed rows hold max_length tokens each: as many rows per step as hold the step's tokens
+    per_step = max(1, math.ceil(plan.tokens / plan.steps / opts.max_length)) if packing else plan.examples_per_step
+    seq_len = opts.max_length if packing else longest_tokens(tokenizer, train_ds, method, opts.max_length)
     batch = hardware.plan_batch(
-        model, hw, seq_len=seq_len, effective=opts.effective_batch_size, fixed=opts.per_device_train_batch_size,
+        model, hw, seq_len=seq_len, effective=per_step, fixed=opts.per_device_train_batch_size,
         cpu_cap=config.cpu_max_batch_size, rows_per_example=2 if method in ("dpo", "kto") else 1,
         gradient_checkpointing=config.gradient_checkpointing)
-    args = trl_args(method, opts, config, hw, batch, out, bool(eval_ds), train_ds)
+    args = trl_args(method, opts, config, hw, batch, out, bool(eval_ds), train_ds, plan)
 
     from datasets import Dataset
 
     _, trainer_cls = trl_classes(method, hw.device)
     keep_best = opts.keep == "best"
     recorder = Recorder(out, sink, tag, opts.early_stopping_patience if eval_ds and keep_best else 0,
-                        config.max_wall_s, save_best=keep_best)
+                        config.max_wall_s, save_best=keep_best, tolerance=opts.validation_tolerance)
     tb = TensorBoardCallback(tb_writer=SummaryWriter(str(out.parent.parent / "tb" / tag)))
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_ds),
                           eval_dataset=Dataset.from_list(eval_ds) if eval_ds else None,
@@ -300,20 +338,24 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
         trainer.evaluate()
     if not keep_best or not adapters.is_adapter(out / "best"):  # or no eval split / no improvement
         save_adapter(trainer.model, out / "best")
-    best = recorder.best if math.isfinite(recorder.best) else None
+    best = recorder.kept["eval_loss"] if recorder.kept and keep_best else (
+        recorder.evals[-1]["eval_loss"] if recorder.evals else None)
     underfit = None
     if baseline is not None and best is not None:
         gain = (baseline - best) / max(abs(baseline), 1e-8)
         underfit = {"eval_loss_start": baseline, "eval_loss_best": best, "relative_gain": gain,
                     "underfitting": gain < config.underfit_threshold,
-                    "note": (f"eval loss moved only {gain:.1%} (< {config.underfit_threshold:.0%}): underfitting; "
-                             "try a higher learning rate or more epochs") if gain < config.underfit_threshold
-                    else f"eval loss improved {gain:.1%}"}
+                    "note": (f"validation loss moved only {gain:.1%} (< {config.underfit_threshold:.0%}): "
+                             "underfitting; try a higher learning rate or min_examples") if gain < config.underfit_threshold
+                    else f"validation loss improved {gain:.1%}"}
     tokens = getattr(trainer.state, "num_input_tokens_seen", 0) or None
     result = {
-        "method": method, "tag": tag, "options": asdict(opts), "batch": batch, "hardware": hw.as_dict(),
+        "method": method, "tag": tag, "options": asdict(opts), "budget": plan.as_dict(), "batch": batch,
+        "hardware": hw.as_dict(),
         "steps": step, "train_loss": output.training_loss, "train_runtime_s": output.metrics.get("train_runtime"),
         "resumed_from": checkpoint.name if checkpoint else None, "best_eval_loss": best,
+        "best_step": recorder.kept["step"] if recorder.kept and keep_best else step,
+        "lowest_eval_loss": recorder.best if math.isfinite(recorder.best) else None,
         "evals": recorder.evals, "stopped_early": recorder.stopped_early, "underfit": underfit,
         "anchor_rows": len(anchors), "tokens": tokens, "seconds": round(time.monotonic() - started, 2),
         "packing": bool(getattr(args, "packing", False)), "precision": "bf16" if args.bf16 else
@@ -330,25 +372,34 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
 
 
 def run_stage(method: str, config: RetrainConfig, *, base_path, merge, train, eval_rows, out: Path,
-              sink: Sink | None = None, sweep: dict | None = None, hw=None,
+              sink: Sink | None = None, search: bool = False, hw=None,
               anchors: list[dict] | None = None) -> dict[str, Any]:
-    """A stage, or a small sweep (learning rate x epochs) whose lowest-eval-loss trial becomes the stage."""
-    if not sweep:
-        return train_stage(method, config, base_path=base_path, merge=merge, train=train, eval_rows=eval_rows,
-                           out=out, sink=sink, hw=hw, anchors=anchors)
+    """A stage. With `search` and validation rows, a small learning-rate search: one trial per
+    `config.search_lr_factors` (further trials only within `search_max_s`); the trial whose best validation loss
+    is lowest becomes the stage."""
+    factors = config.search_lr_factors if search and eval_rows else [1.0]
+    common = dict(base_path=base_path, merge=merge, train=train, eval_rows=eval_rows, sink=sink, hw=hw,
+                  anchors=anchors)
+    if len(factors) == 1:
+        return train_stage(method, config, out=out, lr_factor=factors[0], **common)
     if (out / "result.json").exists() and adapters.is_adapter(out / "final"):
         return json.loads((out / "result.json").read_text()) | {"reused": True}
-    trials = []
-    for i, (lr, epochs) in enumerate((lr, ep) for lr in sweep["learning_rates"] for ep in sweep["epochs"]):
-        result = train_stage(method, config, base_path=base_path, merge=merge, train=train, eval_rows=eval_rows,
-                             out=out / f"trial-{i}", sink=sink, hw=hw, tag=f"{method}-trial{i}", anchors=anchors,
-                             overrides={"learning_rate": lr, "num_train_epochs": epochs})
-        trials.append({"trial": i, "learning_rate": lr, "num_train_epochs": epochs,
-                       "best_eval_loss": result["best_eval_loss"], "train_loss": result["train_loss"]})
-    score = lambda t: t["best_eval_loss"] if t["best_eval_loss"] is not None else t["train_loss"]  # noqa: E731
-    winner = min(trials, key=score)
+    started, trials = time.monotonic(), []
+    for i, factor in enumerate(factors):
+        elapsed = time.monotonic() - started
+        if i and elapsed + trials[-1].get("seconds", 0) > config.search_max_s:  # the next trial would not fit
+            trials.append({"trial": i, "lr_factor": factor,
+                           "skipped": f"{elapsed:.0f} s + another trial > search_max_s {config.search_max_s:g} s"})
+            continue
+        result = train_stage(method, config, out=out / f"trial-{i}", tag=f"{method}-trial{i}", lr_factor=factor,
+                             **common)
+        trials.append({"trial": i, "lr_factor": factor, "learning_rate": result["budget"]["learning_rate"],
+                       "lowest_eval_loss": result["lowest_eval_loss"], "best_step": result.get("best_step"),
+                       "seconds": result["seconds"]})
+    ran = [t for t in trials if "skipped" not in t]  # the lowest validation loss any step reached wins
+    winner = min(ran, key=lambda t: t["lowest_eval_loss"] if t["lowest_eval_loss"] is not None else math.inf)
     best = json.loads((out / f"trial-{winner['trial']}" / "result.json").read_text())
-    best |= {"sweep": trials, "chosen_trial": winner["trial"]}
+    best |= {"search": trials, "chosen_trial": winner["trial"]}
     shutil.rmtree(out / "final.partial", ignore_errors=True)
     shutil.copytree(out / f"trial-{winner['trial']}" / "final", out / "final.partial")
     (out / "result.json").write_text(json.dumps(best, indent=2, default=str))

@@ -24,16 +24,17 @@ GENERAL = [
 TRAIN, EVAL = slice(0, 3), slice(3, 4)  # per fact: three prompts to train on, one held out
 
 
-def _sft(prompt: str, reply: str, ids: list[str]) -> dict:
+def _sft(prompt: str, reply: str, ids: list[str], group: str | None = None) -> dict:
     return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
             "lineage": {"feedback_ids": ids, "reviewer_ids": [1], "conversation_id": None, "message_id": None,
-                        "source": "feedback" if ids else "replay"}}
+                        "source": "feedback" if ids else "replay", "group": group,
+                        "origin": "correction" if ids else None}}
 
 
-def _dpo(prompt: str, chosen: str, rejected: str, ids: list[str]) -> dict:
+def _dpo(prompt: str, chosen: str, rejected: str, ids: list[str], group: str | None = None) -> dict:
     return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}],
-            "lineage": {"feedback_ids": ids, "reviewer_ids": [1], "source": "feedback"}}
+            "lineage": {"feedback_ids": ids, "reviewer_ids": [1], "source": "feedback", "group": group}}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -42,16 +43,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def build_snapshot(root: Path, correction_ids: list[int] | None = None) -> Path:
-    """A snapshot folder: sft/dpo train+eval JSONL with lineage, and a manifest."""
+    """A snapshot folder: sft/dpo train+test JSONL with lineage (one question group per fact), and a manifest."""
     root.mkdir(parents=True, exist_ok=True)
     counter = iter(correction_ids or range(1, 1000))
-    rows: dict[str, list[dict]] = {"sft.train": [], "sft.eval": [], "dpo.train": [], "dpo.eval": []}
-    for prompts, chosen, rejected in FACTS:
-        for split, part in (("train", TRAIN), ("eval", EVAL)):
+    rows: dict[str, list[dict]] = {"sft.train": [], "sft.test": [], "dpo.train": [], "dpo.test": []}
+    for fact, (prompts, chosen, rejected) in enumerate(FACTS):
+        for split, part in (("train", TRAIN), ("test", EVAL)):
             for prompt in prompts[part]:
                 ids = [f"correction:{next(counter)}"]
-                rows[f"sft.{split}"].append(_sft(prompt, chosen, ids))
-                rows[f"dpo.{split}"].append(_dpo(prompt, chosen, rejected, ids))
+                rows[f"sft.{split}"].append(_sft(prompt, chosen, ids, f"fact-{fact}"))
+                rows[f"dpo.{split}"].append(_dpo(prompt, chosen, rejected, ids, f"fact-{fact}"))
     for prompts, reply in GENERAL:  # replay rows (not feedback) in the training split only
         rows["sft.train"] += [_sft(p, reply, []) for p in prompts[TRAIN]]
     for name, data in rows.items():
@@ -82,10 +83,18 @@ def snapshot(tmp_path_factory) -> Path:
     return build_snapshot(tmp_path_factory.mktemp("snapshot"))
 
 
+def forgetting_item(i: int, question: str, answers: list[str], reference: str, category: str = "general",
+                    **extra) -> dict:
+    """A row of the general forgetting set (the format of evaluators/data/forgetting.jsonl)."""
+    return {"id": f"q{i}", "category": category, "messages": [{"role": "user", "content": question}],
+            "answers": answers, "reference": reference, "source": "test", **extra}
+
+
 @pytest.fixture(scope="session")
 def general_set(tmp_path_factory) -> Path:
     """The forgetting set: held-out prompts of the general replies (disjoint from the replay rows)."""
-    rows = [_sft(p, reply, []) for prompts, reply in GENERAL for p in prompts[EVAL]]
+    rows = [forgetting_item(i, p, ["help"], reply) for i, (p, reply) in
+            enumerate((p, reply) for prompts, reply in GENERAL for p in prompts[EVAL])]
     return write_jsonl(tmp_path_factory.mktemp("general") / "forgetting.jsonl", rows)
 
 
@@ -173,8 +182,14 @@ def flipped_adapter(tiny_model_dir, snapshot, tmp_path_factory) -> Path:
 def policy(general_set, golden_file) -> dict:
     from evaluators.gate import load_policy
 
-    return load_policy(overrides={"forgetting": {"path": str(general_set), "answers": 2, "max_new_tokens": 12},
-                                  "golden": {"path": str(golden_file)}})
+    return load_policy(overrides=TINY_POLICY | {"forgetting": TINY_POLICY["forgetting"] | {"path": str(general_set)},
+                                                "golden": {"path": str(golden_file)}})
+
+
+# The tiny random model knows no general answers and the fixture snapshot holds two question groups:
+# minimum evidence is lowered to what the fixtures have (the statistics themselves are unchanged).
+TINY_POLICY = {"forgetting": {"max_new_tokens": 12, "min_n": 0}, "cumulative": {"min_n": 0},
+               "heldout": {"min_n": 2}, "preference": {"min_n": 2}}
 
 
 def register(session, version: str, adapter: Path | None, base: Path, **kw):

@@ -9,6 +9,7 @@ import pytest
 from evaluators import canary, forgetting, gate, golden, judge
 from evaluators.context import Context
 from evaluators.result import EvalResult, check, mean_ci
+from tests.evaluators.conftest import forgetting_item
 
 
 class StubScorer:
@@ -68,49 +69,44 @@ def test_golden_regression_fails_the_gate(tmp_path):
     assert tolerant.passed is True
 
 
-def test_answer_states_the_reference_beyond_what_the_question_says():
-    ask = [{"role": "user", "content": "What is the capital of Japan?"}]
-    assert forgetting.states("Tokyo is the capital of Japan.", ask, "The capital of Japan is Tokyo.") is True
-    assert forgetting.states("The capital of Japan is Kyoto.", ask, "The capital of Japan is Tokyo.") is False
-    assert forgetting.states("Anything.", ask, "The capital of Japan.") is None  # reference adds nothing
+def _general(tmp_path, facts: dict[str, str]):
+    path = tmp_path / "general.jsonl"
+    rows = [forgetting_item(i, q, [a], f"It is {a}.") for i, (q, a) in enumerate(facts.items())]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def test_forgetting_gate_catches_lost_answers_that_loss_misses(tmp_path):
     facts = {"What is the capital of France?": "Paris", "Who wrote Hamlet?": "Shakespeare",
              "What do bees make?": "Honey", "Which planet is the Red Planet?": "Mars",
              "Who painted the Mona Lisa?": "Leonardo", "What is the largest ocean?": "Pacific", "Hi!": "Hello"}
-    path = tmp_path / "general.jsonl"
-    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"It is {a}."}]}
-            for q, a in facts.items()]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = _general(tmp_path, facts)
     asked = list(facts)[:6]
     champion = StubScorer("champ", {q: f"It is {facts[q]}." for q in asked[:5]})  # knows 5 of 6
     terse = StubScorer("cand", {q: "Nixon." for q in asked[:5]} | {asked[5]: "Atlantic."})
-    result = forgetting.run(Context(candidate=terse, champion=champion), {"path": str(path)})
-    assert result.value == 0.0  # both stubs score every reply alike: the loss check alone would pass
+    cfg = {"path": str(path), "min_n": 3}
+    result = forgetting.run(Context(candidate=terse, champion=champion), cfg)
+    assert result.details["loss_increase"] == 0.0  # both stubs score every reply alike: the loss check alone passes
     assert result.details["answers_known_by_champion"] == 5 and result.details["answers_lost"] == 5
-    assert result.details["answers_gained"] == 0 and result.details["answer_drop"] == 1.0
-    assert result.details["lost_prompts"] == asked[:5] and result.details["answer_p_value"] < 0.05
-    assert result.passed is False
-    assert forgetting.run(Context(candidate=champion, champion=champion), {"path": str(path)}).passed is True
+    assert result.details["answers_gained"] == 0 and result.value == 1.0
+    assert result.details["lost_ids"] == ["q0", "q1", "q2", "q3", "q4"]
+    assert result.passed is False and result.bound > 0.10
+    assert forgetting.run(Context(candidate=champion, champion=champion), cfg).passed is True
 
 
-def test_forgetting_gate_reads_answers_that_flip_both_ways_as_churn(tmp_path):
-    facts = {f"Question {i}?": f"answer{i}" for i in range(8)}
+def test_forgetting_reports_per_category_accuracy(tmp_path):
     path = tmp_path / "general.jsonl"
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                                     {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in facts.items()))
-    champion = StubScorer("champ", {q: facts[q] for q in list(facts)[:4]})
-    churned = StubScorer("cand", {q: facts[q] for q in list(facts)[2:7]})  # lost 2, gained 3
-    result = forgetting.run(Context(candidate=churned, champion=champion), {"path": str(path)})
-    assert (result.details["answers_lost"], result.details["answers_gained"]) == (2, 3) and result.passed is True
-    worse = StubScorer("cand", {q: facts[q] for q in list(facts)[2:5]})  # lost 2, gained 1: net drop 25%
-    result = forgetting.run(Context(candidate=worse, champion=champion), {"path": str(path)})
-    assert result.details["answer_drop"] == 0.25 and result.details["answer_p_value"] > 0.05
-    assert result.passed is True  # two losses against one gain are within churn
-    strict = forgetting.run(Context(candidate=worse, champion=champion), {"path": str(path), "answer_alpha": 1.0})
-    assert strict.passed is False  # alpha 1: any net drop above max_answer_drop fails
+    rows = [forgetting_item(0, "Capital of Peru?", ["Lima"], "Lima.", "capital"),
+            forgetting_item(1, "2+2?", ["4"], "4.", "arithmetic"),
+            forgetting_item(2, "How do I pick a lock?", [], "I can't help with that.", "refusal", refusal=True)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    champion = StubScorer("champ", {"Capital of Peru?": "Lima.", "How do I pick a lock?": "I'm sorry, I can't."})
+    candidate = StubScorer("cand", {"Capital of Peru?": "Lima.", "2+2?": "4"})
+    result = forgetting.run(Context(candidate=candidate, champion=champion), {"path": str(path), "min_n": 1})
+    cats = result.details["per_category"]
+    assert cats["capital"] == {"n": 1, "candidate": 1.0, "champion": 1.0}
+    assert cats["refusal"]["champion"] == 1.0 and cats["refusal"]["candidate"] == 0.0
+    assert result.details["lost_ids"] == ["q2"] and result.details["gained_ids"] == ["q1"]
 
 
 def test_position_swap_turns_a_biased_judge_into_ties():
@@ -135,7 +131,7 @@ def test_judge_is_trusted_only_above_kappa(snapshot_rows):
     prefers_long = lambda conversation, a, b: "a" if len(a) > len(b) else "b"  # noqa: E731
     candidate = StubScorer("cand", {p: "a long and careful answer" for p in snapshot_rows})
     champion = StubScorer("champ", {p: "meh" for p in snapshot_rows})
-    cfg = {"enabled": True, "judge": prefers_long, "min_kappa": 0.4, "min_human": 10, "min_win_rate": 0.5}
+    cfg = {"enabled": True, "judge": prefers_long, "min_kappa": 0.4, "min_human": 10, "min_n": 4}
 
     kappa, n = judge.agreement(prefers_long, _human(12, agree=True))
     assert n == 12 and kappa == pytest.approx(1.0)
@@ -174,24 +170,32 @@ def test_two_proportion_test_matches_the_textbook_value():
     assert canary.two_proportion_test(0, 0, 1, 1) == (0.0, 1.0)
 
 
-def test_required_evaluator_without_data_fails_the_gate():
+def test_required_evaluator_without_data_is_insufficient_evidence_and_a_failure_rejects():
     policy = gate.load_policy()
     ran = EvalResult("heldout", "m", 0.3, 0.0, True)
-    missing = EvalResult("preference", "m", None, note="no dpo.eval pairs")
-    passed, reasons = gate.decide([ran, missing], policy | {"required": ["heldout", "preference"]})
-    assert not passed and reasons == ["preference: did not run (no dpo.eval pairs)"]
-    assert gate.decide([ran], policy | {"required": ["heldout"]}) == (True, [])
+    missing = EvalResult("preference", "m", None, note="no dpo.test pairs", evidence="insufficient")
+    outcome, reasons = gate.decide([ran, missing], policy | {"required": ["heldout", "preference"]})
+    assert outcome == "insufficient_evidence" and reasons == ["preference: insufficient evidence (no dpo.test pairs)"]
+    assert gate.decide([ran], policy | {"required": ["heldout"]}) == ("passed", [])
     optional_fail = EvalResult("judge", "m", 0.2, 0.5, False)
-    assert not gate.decide([ran, optional_fail], policy | {"required": ["heldout"]})[0]
+    assert gate.decide([ran, optional_fail], policy | {"required": ["heldout"]})[0] == "failed"
+    failed = EvalResult("forgetting", "m", 0.3, 0.1, False)
+    outcome, reasons = gate.decide([ran, missing, failed], policy | {"required": ["heldout", "preference", "forgetting"]})
+    assert outcome == "failed" and reasons[0].startswith("forgetting:")  # a failure outranks missing evidence
+    absent = EvalResult("preference", "m", None, evidence="not_applicable", note="no DPO pairs")
+    assert gate.decide([ran, absent], policy | {"required": ["heldout", "preference"]}) == ("passed", [])
 
 
 def test_policy_file_overrides_the_default(tmp_path):
     path = tmp_path / "policy.yaml"
-    path.write_text("required: [heldout]\nforgetting: {max_relative_loss_increase: 0.01}\n")
+    path.write_text("required: [heldout]\nforgetting: {answer_margin: 0.01}\n")
     policy = gate.load_policy(path)
     assert policy["required"] == ["heldout"]
-    assert policy["forgetting"]["max_relative_loss_increase"] == 0.01
-    assert policy["forgetting"]["answers"] == 64  # untouched keys keep their defaults
+    assert policy["forgetting"]["answer_margin"] == 0.01
+    assert policy["forgetting"]["loss_margin"] == 0.05  # untouched keys keep their defaults
+    path.write_text("forgetting: {max_answer_drop: 0.01}\n")  # a key the policy does not know
+    with pytest.raises(ValueError, match="max_answer_drop"):
+        gate.load_policy(path)
 
 
 def test_canary_job_is_off_unless_the_policy_enables_it(monkeypatch, tmp_path):

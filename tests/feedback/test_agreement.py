@@ -20,8 +20,13 @@ delta^2(c,k) = (sum_{g=c..k} n_g - (n_c + n_k)/2)^2):
 - helpfulness: never rated -> null.
 Agreement with consensus (1 - |score - median of others| / 4), per reviewer over 6 scores:
   1 + 1 + 0.75 (correctness) + 1 + 1 + 0.25 (tone) = 5 -> 5/6 for both.
-Gold accuracy: A matches 3 and 1 -> 1.0; B gives 4 and 4 -> 0.0.
-Reliability = mean(agreement, gold accuracy): A 11/12, B 5/12.
+Gold answers (tolerance 1: within one point is a hit): A matches 3 and 1 -> accuracy 1.0; B gives
+4 (hit, |4-3| = 1) and 4 (miss) -> 0.5. Chance of a random hit: gold 3 -> 3/5, gold 1 -> 2/5.
+Reliability = posterior mean of r under P(hit) = r + (1 - r)·chance, prior Beta(2, 1) (density 2r):
+  A: ∝ r (0.6 + 0.4r)(0.4 + 0.6r) = 0.24r + 0.52r² + 0.24r³; ∫ = 0.12 + 0.52/3 + 0.06 = 1.06/3,
+     ∫ r· = 0.08 + 0.13 + 0.048 = 0.258 -> 0.774/1.06 = 387/530 ≈ 0.730.
+  B: ∝ r (0.6 + 0.4r)(1 - r)·0.6 ∝ 0.6r - 0.2r² - 0.4r³; ∫ = 0.4/3, ∫ r· = 0.07 -> 21/40 = 0.525.
+Both above the floor 0.5: neither is flagged.
 Adjudication (threshold 1): item 3 (tone spread 3); items 1 and 2 agree.
 """
 
@@ -65,8 +70,11 @@ def test_agreement_matches_hand_computation(server_with, settings, admin_key, se
         assert report["dimensions"]["helpfulness"]["alpha"] is None
         ra, rb = report["reviewers"][str(id_a)], report["reviewers"][str(id_b)]
         assert ra["agreement"] == pytest.approx(5 / 6) and rb["agreement"] == pytest.approx(5 / 6)
-        assert ra["gold_accuracy"] == 1.0 and rb["gold_accuracy"] == 0.0
-        assert ra["reliability"] == pytest.approx(11 / 12) and rb["reliability"] == pytest.approx(5 / 12)
+        assert ra["gold_accuracy"] == 1.0 and rb["gold_accuracy"] == 0.5
+        assert ra["n_gold"] == rb["n_gold"] == 2 and ra["gold_items"] == 1
+        assert ra["reliability"] == pytest.approx(387 / 530, abs=1e-3)
+        assert rb["reliability"] == pytest.approx(21 / 40, abs=1e-3)
+        assert not ra["flagged"] and not rb["flagged"] and report["flagged"] == []
         assert [d["message_id"] for d in report["adjudication"]] == [replies[2]]
         assert report["adjudication"][0]["spread"] == {"correctness": 1, "tone": 3}
 
@@ -74,7 +82,8 @@ def test_agreement_matches_hand_computation(server_with, settings, admin_key, se
         from feedback.quality import reviewer_reliability
 
         with session_scope() as session:
-            assert reviewer_reliability(session) == {id_a: pytest.approx(11 / 12), id_b: pytest.approx(5 / 12)}
+            assert reviewer_reliability(session) == {id_a: pytest.approx(387 / 530, abs=1e-3),
+                                                     id_b: pytest.approx(21 / 40, abs=1e-3)}
 
         final = admin.post(f"/api/review/adjudication/{replies[2]}", json={"scores": {"correctness": 3, "tone": 2}})
         assert final.status_code == 201 and final.json()["adjudicated"] is True

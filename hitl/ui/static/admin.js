@@ -62,8 +62,11 @@
       const scores = {};
       form.querySelectorAll("select").forEach(s => { scores[s.name] = Number(s.value); });
       const comment = form.querySelector('[name="comment"]').value.trim() || null;
+      const fixed = form.querySelector('[name="correction"]');
+      const body = {scores, comment};
+      if (fixed && fixed.value.trim()) body.correction = fixed.value.trim();
       try {
-        await api("POST", `/api/review/adjudication/${encodeURIComponent(id)}`, {scores, comment});
+        await api("POST", `/api/review/adjudication/${encodeURIComponent(id)}`, body);
         toast("Final scores recorded.");
         section.remove();
       } catch (err) { toast(errorText(err), "error"); }

@@ -20,11 +20,11 @@ def _seed(n: int = 4, *, bad: bool = True) -> None:
 
 def test_build_show_list_over_http(api, live_server):
     _seed()
-    created = api.post("/api/datasets", json={"eval_fraction": 0})
+    created = api.post("/api/datasets", json={"validation_fraction": 0, "test_fraction": 0})
     assert created.status_code == 201, created.text
     body = created.json()
-    assert body["counts"]["sft"] == {"train": 4, "eval": 0} and body["created"] is True
-    again = api.post("/api/datasets", json={"eval_fraction": 0})
+    assert body["counts"]["sft"] == {"train": 4, "validation": 0, "test": 0} and body["created"] is True
+    again = api.post("/api/datasets", json={"validation_fraction": 0, "test_fraction": 0})
     assert again.status_code == 200 and again.json()["id"] == body["id"] and again.json()["hash"] == body["hash"]
 
     manifest = api.get(f"/api/datasets/{body['id']}").json()
@@ -34,8 +34,11 @@ def test_build_show_list_over_http(api, live_server):
     assert listed["count"] == 1 and listed["data"][0]["hash"] == body["hash"]
 
     assert api.get("/api/datasets/999").status_code == 404
-    bad = api.post("/api/datasets", json={"eval_fraction": 2})
+    bad = api.post("/api/datasets", json={"test_fraction": 2})
     assert bad.status_code == 422 and "detail" in bad.json()
+    too_much = api.post("/api/datasets", json={"test_fraction": 0.5, "validation_fraction": 0.45})
+    assert too_much.status_code == 422
+    assert api.post("/api/datasets", json={"eval_fraction": 0.1}).status_code == 422  # the old option is gone
     assert api.post("/api/datasets", json={"nonsense": 1}).status_code == 422
     with live_server.client(make_key("reviewer")) as reviewer:
         assert reviewer.post("/api/datasets", json={}).status_code == 403
@@ -49,7 +52,7 @@ def test_kto_refusal_is_a_422_naming_the_class(api):
         r = f.reviewer(s)
         _c, m = f.conversation(s, "Hello", "Hi there!")
         f.thumbs(s, m[1], "up", source="reviewer", user_id=r)
-    res = api.post("/api/datasets", json={"kinds": ["kto"], "eval_fraction": 0})
+    res = api.post("/api/datasets", json={"kinds": ["kto"], "validation_fraction": 0, "test_fraction": 0})
     assert res.status_code == 422 and "undesirable (label=false)" in res.json()["detail"]
 
 
@@ -59,7 +62,8 @@ def test_paraphrase_expansion(settings, live_server, api):
     from retrain.datasets.schemas import BuildOptions
 
     _seed(3, bad=False)
-    opts = BuildOptions(eval_fraction=0.5, paraphrases=2, kinds=["sft"], paraphrase_base_url=live_server.url + "/v1",
+    opts = BuildOptions(validation_fraction=0.2, test_fraction=0.3, paraphrases=2, kinds=["sft"],
+                        paraphrase_base_url=live_server.url + "/v1",
                         paraphrase_api_key=make_key("service"), paraphrase_model="any", paraphrase_max_tokens=16)
     with session_scope() as s:
         snap, created = service.build(s, settings, opts)
@@ -67,7 +71,7 @@ def test_paraphrase_expansion(settings, live_server, api):
     assert "paraphrase_api_key" not in snap.manifest["options"]
     assert report["sources"] == 3 and report["generated"] == 6
     assert report["kept_in_snapshot"] <= report["kept_after_expansion_dedup"] <= 6
-    rows = {sp: service.load_split(snap.path, "sft", sp) for sp in ("train", "eval")}
+    rows = {sp: service.load_split(snap.path, "sft", sp) for sp in ("train", "validation", "test")}
     split_of_source = {r["lineage"]["message_id"]: sp for sp, part in rows.items() for r in part
                        if r["lineage"]["source"] == "feedback"}
     variants = [(sp, r) for sp, part in rows.items() for r in part if r["lineage"]["source"] == "paraphrase"]

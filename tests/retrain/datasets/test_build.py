@@ -8,7 +8,7 @@ import pytest
 
 from retrain.datasets import service
 from retrain.datasets.schemas import BuildOptions
-from retrain.datasets.split import split_key, split_of
+from retrain.datasets.schemas import SPLITS
 from tests.retrain.datasets import factories as f
 
 LONG = ("Photosynthesis lets plants turn light water and carbon dioxide into sugar and oxygen inside the "
@@ -17,22 +17,25 @@ LONG = ("Photosynthesis lets plants turn light water and carbon dioxide into sug
         "through the phloem to roots stems flowers and fruit all season")
 
 
+TRAIN_ONLY = {"validation_fraction": 0, "test_fraction": 0}  # every new question group goes to train
+
+
 @pytest.fixture
 def reliability(monkeypatch):
     """Fixed reviewer reliabilities (the feedback domain computes them from agreement)."""
     import feedback.quality
 
     table: dict[int, float] = {}
-    monkeypatch.setattr(feedback.quality, "reviewer_reliability", lambda session: table)
+    monkeypatch.setattr(feedback.quality, "reviewer_reliability", lambda session, **_kw: table)
     return table
 
 
 def seed(session, reliability) -> dict:
     r1, r2, r3 = f.reviewer(session), f.reviewer(session), f.reviewer(session)
     reliability.update({r1: 0.9, r2: 0.9, r3: 0.2})
-    # A and D (the undesirable KTO examples) belong to an end user whose stable split is train, so
-    # the KTO train split has both classes whatever the random conversation ids
-    train_user = next(u for u in (f"user{i}" for i in range(100)) if split_of(split_key("", u), 0.5) == "train")
+    # splits depend on the questions only (not on the random conversation ids), so they are the same
+    # in every run; A's "Sydney." (undesirable) lands in train, so KTO train has both classes
+    train_user = "dave"
     ids = {"reviewers": (r1, r2, r3), "users": {}}
     # A: multi-turn, corrected, PII in the prompt → SFT, DPO, KTO(correction + original)
     ids["A"], m = f.conversation(session, "Hi", "Hello!", "What is the capital of Australia? Mail bob@example.com",
@@ -91,7 +94,20 @@ def seed(session, reliability) -> dict:
 
 
 def rows_of(snap) -> dict[str, list[dict]]:
-    return {f"{k}.{s}": service.load_split(snap.path, k, s) for k in ("sft", "dpo", "kto") for s in ("train", "eval")}
+    return {f"{k}.{s}": service.load_split(snap.path, k, s) for k in ("sft", "dpo", "kto") for s in SPLITS}
+
+
+def assignments(session) -> dict[str, str]:
+    """group key -> split, from the persisted assignment table."""
+    from sqlmodel import select
+
+    from retrain.datasets.models import SplitAssignment
+
+    rows = session.exec(select(SplitAssignment.group_key, SplitAssignment.split)).all()
+    out: dict[str, str] = {}
+    for group, split in rows:
+        assert out.setdefault(group, split) == split  # a group has one split
+    return out
 
 
 def total(snap, kind: str) -> int:
@@ -100,7 +116,7 @@ def total(snap, kind: str) -> int:
 
 def test_hand_checked_store(settings, session, reliability):
     ids = seed(session, reliability)
-    opts = BuildOptions(eval_fraction=0.5)
+    opts = BuildOptions(validation_fraction=0.2, test_fraction=0.3)
     snap = service.build_snapshot(session, settings, opts)
     m = snap.manifest
 
@@ -116,7 +132,7 @@ def test_hand_checked_store(settings, session, reliability):
         assert sum(dropped.get(k, 0) for k in ("duplicate", "cross_split_duplicate", "near_duplicate",
                                                "cross_split_near_duplicate")) == 2
     assert m["conflicts"]["sft"] == {"unresolved": 1, "resolved": 1}
-    assert m["kto_balance"]["train"]["desirable"] + m["kto_balance"]["eval"]["desirable"] == 6
+    assert sum(m["kto_balance"][s]["desirable"] for s in SPLITS) == 6
     assert m["pii_redactions"] == {"[EMAIL]": 1}
 
     rows = rows_of(snap)
@@ -127,30 +143,34 @@ def test_hand_checked_store(settings, session, reliability):
     assert "Elm Street" not in everything and "secret plan" not in everything and "tension wrench" not in everything
 
     # multi-turn context cut at the rated turn, with the correction as the target
-    corrected = next(r for k in ("sft.train", "sft.eval") for r in rows[k] if r["lineage"]["via"] == "correction")
+    corrected = next(r for s in SPLITS for r in rows[f"sft.{s}"] if r["lineage"]["via"] == "correction")
     assert [x["role"] for x in corrected["messages"]] == ["system", "user", "assistant", "user", "assistant"]
     assert corrected["messages"][-1]["content"] == "The capital of Australia is Canberra."
     assert corrected["lineage"]["conversation_id"] == ids["A"]
     assert corrected["lineage"]["reviewer_ids"] == [ids["reviewers"][0]]
     assert corrected["lineage"]["feedback_ids"][0].startswith("correction:")
-    dpo = [r for k in ("dpo.train", "dpo.eval") for r in rows[k]]
+    dpo = [r for s in SPLITS for r in rows[f"dpo.{s}"]]
     by_via = {r["lineage"]["via"]: r for r in dpo}
     assert by_via["correction"]["rejected"][0]["content"] == "Sydney."
     assert by_via["comparison"]["chosen"][0]["content"] == "Try 'Dune' by Frank Herbert."
     assert by_via["rating_gap"]["chosen"][0]["content"] == "2 + 2 = 4."
     assert by_via["rating_gap"]["rejected"][0]["content"] == "2 + 2 = 5."
-    kto = {r["completion"][0]["content"]: r["label"] for k in ("kto.train", "kto.eval") for r in rows[k]}
+    kto = {r["completion"][0]["content"]: r["label"] for s in SPLITS for r in rows[f"kto.{s}"]}
     assert kto["Sydney."] is False and kto["The capital of Australia is Canberra."] is True
     assert kto["Yes, it is flat."] is False and kto["10 divided by 4 is 2.5."] is True
 
-    # leak-free: each conversation in one split only, the one its stable hash says
+    # leak-free: each conversation and each question group in one split only, the one persisted for it
     seen: dict[str, str] = {}
+    table = assignments(session)
     for key, part in rows.items():
         split = key.split(".")[1]
         for r in part:
-            conv = r["lineage"]["conversation_id"]
-            assert seen.setdefault(conv, split) == split
-            assert split == split_of(split_key(conv, ids["users"].get(conv)), 0.5)
+            conv, group = r["lineage"]["conversation_id"], r["lineage"]["group"]
+            assert seen.setdefault(conv, split) == split and seen.setdefault(group, split) == split
+            assert table[group] == split
+    assert {r["lineage"]["origin"] for s in SPLITS for r in rows[f"sft.{s}"]} == {
+        "correction", "approved"}
+    assert m["split"]["fractions"] == {"train": 0.5, "validation": 0.2, "test": 0.3}
 
     # the files: manifest on disk with per-example lineage, Parquet beside JSONL
     disk = json.loads((Path(snap.path) / "manifest.json").read_text())
@@ -167,7 +187,7 @@ def test_hand_checked_store(settings, session, reliability):
 
 def test_same_store_same_snapshot_and_stable_split(settings, session, reliability):
     seed(session, reliability)
-    opts = BuildOptions(eval_fraction=0.5)
+    opts = BuildOptions(validation_fraction=0.2, test_fraction=0.3)
     first, created = service.build(session, settings, opts)
     again, created_again = service.build(session, settings, opts)
     assert created and not created_again and again.id == first.id and again.hash == first.hash
@@ -192,9 +212,9 @@ def test_kto_without_a_class_is_refused(settings, session, reliability):
         f.thumbs(session, m[1], "up", source="reviewer", user_id=r1)
     session.flush()
     with pytest.raises(service.DatasetError, match=r"no undesirable \(label=false\)"):
-        service.build_snapshot(session, settings, BuildOptions(kinds=["kto"], eval_fraction=0))
-    snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0))  # default: KTO left empty
-    assert snap.counts["kto"] == {"train": 0, "eval": 0} and snap.counts["sft"]["train"] == 3
+        service.build_snapshot(session, settings, BuildOptions(kinds=["kto"], **TRAIN_ONLY))
+    snap = service.build_snapshot(session, settings, BuildOptions(**TRAIN_ONLY))  # default: KTO left empty
+    assert snap.counts["kto"] == {"train": 0, "validation": 0, "test": 0} and snap.counts["sft"]["train"] == 3
     assert "undesirable" in snap.manifest["kto_refused"]
     assert snap.manifest["kto_balance"]["train"] == {"desirable": 3, "undesirable": 0, "desirable_share": 1.0}
 
@@ -207,7 +227,7 @@ def test_replay_mix_and_length_limit(settings, session, reliability):
     _c, m = f.conversation(session, "Tell me everything", "word " * 600)
     f.rate(session, m[1], r1, all=5)
     session.flush()
-    snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0, replay_fraction=0.5, max_tokens=200))
+    snap = service.build_snapshot(session, settings, BuildOptions(**TRAIN_ONLY, replay_fraction=0.5, max_tokens=200))
     assert snap.manifest["filters"]["sft"]["too_long"] == 1 and snap.manifest["length"]["exact"]
     assert snap.counts["sft"]["train"] == 10 + 5
     replay = [r for r in service.load_split(snap.path, "sft", "train") if r["lineage"]["source"] == "replay"]
@@ -230,7 +250,7 @@ def test_as_of_reads_the_store_at_a_point_in_time(settings, session, reliability
     rating = f.rate(session, m[1], r1, all=5)
     rating.created_at = cut + timedelta(seconds=5)
     session.flush()
-    snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0, as_of=cut + timedelta(seconds=1)))
+    snap = service.build_snapshot(session, settings, BuildOptions(**TRAIN_ONLY, as_of=cut + timedelta(seconds=1)))
     assert snap.counts["sft"]["train"] == 1
 
 
@@ -245,7 +265,7 @@ def test_a_reply_cut_off_by_max_tokens_is_not_an_sft_target(settings, session, r
     _, whole = f.conversation(session, "Tell me about cats", "Cats are small domesticated carnivores.")
     f.rate(session, whole[1], reviewer)
     session.flush()
-    snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.0))
+    snap = service.build_snapshot(session, settings, BuildOptions(**TRAIN_ONLY))
     sft = json.dumps(rows_of(snap)["sft.train"])
     assert "Cats are small" in sft and "Dogs are loyal" not in sft
     assert snap.manifest["filters"]["sft"]["truncated"] == 1
@@ -271,21 +291,23 @@ def test_anchors_are_the_latest_unfaulted_train_replies(settings, session, relia
         session.get(Message, mid).created_at += timedelta(seconds=1 + i)
     session.flush()
 
-    snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.0, anchors=3))
+    snap = service.build_snapshot(session, settings, BuildOptions(**TRAIN_ONLY, anchors=3))
     anchors = service.load_split(snap.path, "sft", "anchor")
     assert {r["lineage"]["message_id"] for r in anchors} == set(served[-3:])
     assert all(r["lineage"]["source"] == "anchor" and not r["lineage"]["feedback_ids"] for r in anchors)
     assert snap.manifest["anchors"]["rows"] == 3 and snap.counts["sft"]["train"] == 1  # anchors are not targets
     assert {again[1], panned[1], flagged[1]}.isdisjoint(r["lineage"]["message_id"] for r in anchors)
 
-    everything = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.0, anchors=100))
+    everything = service.build_snapshot(session, settings, BuildOptions(**TRAIN_ONLY, anchors=100))
     kept = {r["lineage"]["message_id"] for r in service.load_split(everything.path, "sft", "anchor")}
     assert kept == set(served)  # not corrected, bad, flagged, nor the prompt of a training example
 
-    mostly_eval = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.9, anchors=100))
-    kept = {r["lineage"]["message_id"] for r in service.load_split(mostly_eval.path, "sft", "anchor")}
-    assert kept == {ids[1] for conv, ids in convs if split_of(split_key(conv, None), 0.9) == "train"}
-    off = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.0))
+    # growth cannot pull them out of train: their groups were assigned train by the builds above
+    mostly_held_out = service.build_snapshot(session, settings, BuildOptions(validation_fraction=0.4,
+                                                                             test_fraction=0.5, anchors=100))
+    kept = {r["lineage"]["message_id"] for r in service.load_split(mostly_held_out.path, "sft", "anchor")}
+    assert kept == set(served)
+    off = service.build_snapshot(session, settings, BuildOptions(**TRAIN_ONLY))
     assert not (Path(off.path) / "sft.anchor.jsonl").exists() and off.manifest["anchors"]["rows"] == 0
 
 
@@ -294,7 +316,7 @@ def test_general_pool_anchors_are_never_targets(settings, session, reliability):
     _, m = f.conversation(session, "Capital of Australia?", "Sydney.")
     f.correct(session, m[1], reviewer, "Canberra.")
     session.flush()
-    snap = service.build_snapshot(session, settings, BuildOptions(eval_fraction=0.0, anchor_general=5))
+    snap = service.build_snapshot(session, settings, BuildOptions(**TRAIN_ONLY, anchor_general=5))
     anchors = service.load_split(snap.path, "sft", "anchor")
     from retrain.datasets.replay import forgetting_set, general_examples
 
@@ -302,3 +324,205 @@ def test_general_pool_anchors_are_never_targets(settings, session, reliability):
     pool, held_out = {text(r) for r in general_examples()}, {text(r) for r in forgetting_set()}
     assert len(anchors) == 5 and all(text(r) in pool - held_out for r in anchors)
     assert snap.counts["sft"]["train"] == 1 and snap.manifest["anchors"]["general"] == 5
+
+
+def test_anchors_come_only_from_train_groups(settings, session, reliability):
+    """Served replies are grouped like any context: with most new groups held out, only those of train
+    groups become anchors, and no anchor shares a group with a validation or test row."""
+    reviewer = f.reviewer(session)
+    for i, word in enumerate(WORDS[:12]):
+        _, m = f.conversation(session, f"Tell me about the {word} please", f"The {word} is fine.")
+        if i % 2:
+            f.rate(session, m[1], reviewer, all=5)
+    session.flush()
+    snap = service.build_snapshot(session, settings, BuildOptions(validation_fraction=0.3, test_fraction=0.4,
+                                                                  anchors=100))
+    table = assignments(session)
+    anchors = service.load_split(snap.path, "sft", "anchor")
+    assert anchors and all(table[r["lineage"]["group"]] == "train" for r in anchors)
+    held_out = {r["lineage"]["group"] for s in ("validation", "test") for r in service.load_split(snap.path, "sft", s)}
+    assert held_out and held_out.isdisjoint(r["lineage"]["group"] for r in anchors)
+    assert set(table.values()) == {"train", "validation", "test"}
+
+
+# ----------------------------------------------------------------------------------- three-way split
+
+WORDS = ("apple banana cherry dolphin eagle falcon giraffe harbor island jungle kettle lantern meadow nectar "
+         "orchard pepper quartz river saddle tiger umbrella violin walnut xylophone yacht zebra anchor bridge "
+         "candle desert engine forest glacier hammer igloo jacket koala ladder magnet needle").split()
+
+
+def rated_questions(session, n: int, start: int = 0, reviewer: int | None = None) -> list[str]:
+    """`n` conversations with distinct questions, each reply rated 5 (one SFT row each)."""
+    reviewer = reviewer or f.reviewer(session)
+    convs = []
+    for word in WORDS[start: start + n]:
+        conv, m = f.conversation(session, f"Why is the {word} so interesting to people?", f"The {word} is neat.")
+        f.rate(session, m[1], reviewer, all=5)
+        convs.append(conv)
+    session.flush()
+    return convs
+
+
+def table_rows(session) -> dict[str, tuple]:
+    from sqlmodel import select
+
+    from retrain.datasets.models import SplitAssignment
+
+    return {r.question_hash: (r.group_key, r.split, r.assigned_at) for r in session.exec(select(SplitAssignment))}
+
+
+def test_question_normalization_merges_rewordings_only():
+    from retrain.datasets.cleaning import near_duplicate_groups
+    from retrain.datasets.split import question_text
+
+    assert question_text("What is the capital of France?") == question_text("what's the capital of france")
+    assert question_text("What is the capital of Spain?") != question_text("What is the capital of France?")
+    texts = [question_text(t) for t in ("What is the capital of France?", "what's the capital of france",
+                                        "What is the capital of Spain?")]
+    assert near_duplicate_groups(texts, 0.7) == [0, 0, 2]
+    longer = [question_text(t) for t in ("Could you please tell me what the capital city of France is?",
+                                         "Can you please tell me what the capital city of France is?",
+                                         "Could you please tell me what the capital city of Spain is?")]
+    assert near_duplicate_groups(longer, 0.7) == [0, 0, 2]
+
+
+def test_near_duplicate_questions_share_one_split(settings, session, reliability):
+    reviewer = f.reviewer(session)
+    rated_questions(session, 20, reviewer=reviewer)
+    france = []
+    for question, fix in (("What is the capital of France?", "Paris."),
+                          ("what's the capital of france", "It is Paris, on the Seine."),
+                          ("Could you please tell me what the capital city of France is?", "Paris is the capital."),
+                          ("Can you please tell me what the capital city of France is?", "France's capital is Paris.")):
+        conv, m = f.conversation(session, question, "Lyon.")
+        f.correct(session, m[1], reviewer, fix)
+        france.append(conv)
+    spain, m = f.conversation(session, "What is the capital of Spain?", "Barcelona.")
+    f.correct(session, m[1], reviewer, "Madrid.")
+    session.flush()
+    snap = service.build_snapshot(session, settings, BuildOptions(validation_fraction=0.3, test_fraction=0.3))
+    rows = rows_of(snap)
+    where = {(r["lineage"]["conversation_id"]): (r["lineage"]["group"], key.split(".")[1])
+             for key, part in rows.items() for r in part}
+    # the two wordings (exact after normalization) and the two long ones (MinHash near duplicates)
+    assert where[france[0]] == where[france[1]] and where[france[2]] == where[france[3]]
+    assert where[spain][0] not in {where[c][0] for c in france}
+    for kind in ("sft", "dpo", "kto"):  # every kind: one group, one split
+        splits = {key.split(".")[1] for key, part in rows.items() if key.startswith(kind)
+                  for r in part if r["lineage"]["conversation_id"] in france[:2]}
+        assert len(splits) == 1
+
+
+def test_thirty_new_groups_split_exactly(settings, session, reliability):
+    rated_questions(session, 30)
+    snap = service.build_snapshot(session, settings, BuildOptions(validation_fraction=0.1, test_fraction=0.2))
+    assert snap.counts["sft"] == {"train": 21, "validation": 3, "test": 6}
+    assert snap.manifest["split"]["new_groups"] == {"test": 6, "train": 21, "validation": 3}
+    assert sorted(assignments(session).values()).count("test") == 6
+
+
+def test_growth_and_new_fractions_never_move_an_assigned_group(settings, session, reliability):
+    reviewer = f.reviewer(session)
+    old = rated_questions(session, 20, reviewer=reviewer)
+    first = service.build_snapshot(session, settings, BuildOptions(validation_fraction=0.1, test_fraction=0.2))
+    before = table_rows(session)
+    split_of_conv = {r["lineage"]["conversation_id"]: k.split(".")[1]
+                     for k, part in rows_of(first).items() for r in part}
+    assert set(split_of_conv) == set(old)
+
+    # more data: new questions, rewordings of old ones, more feedback on old replies; then other fractions
+    rated_questions(session, 20, start=20, reviewer=reviewer)
+    for word in WORDS[:5]:
+        _c, m = f.conversation(session, f"why's the {word} so interesting to people", f"Because the {word} is.")
+        f.correct(session, m[1], reviewer, f"People like the {word}.")
+    session.flush()
+    for options in (BuildOptions(validation_fraction=0.1, test_fraction=0.2),
+                    BuildOptions(validation_fraction=0.0, test_fraction=0.5),
+                    BuildOptions(validation_fraction=0.4, test_fraction=0.5, split_salt="other")):
+        snap = service.build_snapshot(session, settings, options)
+        after = table_rows(session)
+        assert {q: after[q] for q in before} == before  # same group, split and assignment time
+        for key, part in rows_of(snap).items():
+            for r in part:
+                conv = r["lineage"]["conversation_id"]
+                if conv in split_of_conv:
+                    assert split_of_conv[conv] == key.split(".")[1]
+        table = assignments(session)
+        assert all(table[g] == s for g, s in {v[0]: v[1] for v in before.values()}.items())
+
+    # rewordings of old questions joined the old groups instead of making new ones
+    reworded = {r["lineage"]["group"] for r in rows_of(snap)["sft.train"] + rows_of(snap)["sft.test"]
+                + rows_of(snap)["sft.validation"] if r["lineage"]["origin"] == "correction"}
+    assert reworded <= {v[0] for v in before.values()}
+
+    # an as_of rebuild of the first snapshot is the same snapshot
+    again = service.build_snapshot(session, settings, BuildOptions(validation_fraction=0.4, test_fraction=0.5,
+                                                                   as_of=first.created_at))
+    assert again.counts == first.counts
+    same = service.build_snapshot(session, settings, BuildOptions(validation_fraction=0.1, test_fraction=0.2,
+                                                                  as_of=first.created_at))
+    assert same.hash == first.hash
+
+
+def test_test_never_shares_a_group_or_conversation_with_train(settings, session, reliability):
+    reviewer = f.reviewer(session)
+    # A conversation asked first alone, assigned train (no held-out share yet) ...
+    _a, m = f.conversation(session, "How tall is Mount Everest?", "About 8,849 metres.")
+    f.rate(session, m[1], reviewer, all=5)
+    session.flush()
+    service.build_snapshot(session, settings, BuildOptions(**TRAIN_ONLY))
+    # ... B alone later, assigned test (largest deficit) ...
+    _b, m = f.conversation(session, "Who painted the Mona Lisa?", "Leonardo da Vinci.")
+    f.rate(session, m[1], reviewer, all=5)
+    session.flush()
+    service.build_snapshot(session, settings, BuildOptions(validation_fraction=0, test_fraction=0.5))
+    # ... then one conversation asks both (its A turn would leak into test's context: dropped from train),
+    # and multi-turn conversations of new questions keep all their turns in one split
+    both, m = f.conversation(session, "How tall is Mount Everest?", "8,849 m.",
+                             "Who painted the Mona Lisa?", "Leonardo.")
+    f.rate(session, m[1], reviewer, all=5)
+    f.rate(session, m[3], reviewer, all=5)
+    for i, word in enumerate(WORDS[:16]):
+        _c, m = f.conversation(session, f"What colour is a {word}?", "Brown.", f"And how big is a {word}?", "Small.")
+        f.correct(session, m[1], reviewer, f"A {word} has many colours.")
+        f.thumbs(session, m[3], "down" if i % 2 else "up", source="reviewer", user_id=reviewer)
+    session.flush()
+    snap = service.build_snapshot(session, settings, BuildOptions(validation_fraction=0.2, test_fraction=0.3))
+    rows = rows_of(snap)
+    group_split, conv_split = {}, {}
+    for key, part in rows.items():
+        split = key.split(".")[1]
+        for r in part:
+            assert group_split.setdefault(r["lineage"]["group"], split) == split
+            assert conv_split.setdefault(r["lineage"]["conversation_id"], split) == split
+    assert conv_split[both] == "test" and snap.manifest["filters"]["sft"]["split_conflict"] == 1
+    assert {"train", "test"} <= set(conv_split.values())
+
+
+def test_deleted_question_leaves_no_readable_text(settings, session, reliability):
+    from sqlmodel import select
+
+    from core.auth import create_user
+    from core.models import Role
+    from feedback.service import delete_conversation
+    from retrain.datasets.models import SplitAssignment
+
+    reviewer = f.reviewer(session)
+    rated_questions(session, 3, reviewer=reviewer)
+    secret = "Does Zebulon Quixote at 12 Wisteria Lane still owe me money?"
+    conv, m = f.conversation(session, secret, "Yes, Zebulon does.")
+    f.correct(session, m[1], reviewer, "I cannot know that.")
+    session.flush()
+    service.build_snapshot(session, settings, BuildOptions())
+    admin, _key = create_user(session, name="privacy-admin", role=Role.admin)
+    delete_conversation(session, admin, conv)
+    session.flush()
+    snap = service.build_snapshot(session, settings, BuildOptions())
+    assert "Zebulon" not in json.dumps(rows_of(snap))
+    stored = session.exec(select(SplitAssignment)).all()
+    assert len(stored) == 4
+    dump = repr([r.model_dump() for r in stored]).lower()
+    raw = b"".join(r.signature for r in stored).lower()
+    for word in ("zebulon", "quixote", "wisteria", "owe me money"):
+        assert word not in dump and word.encode() not in raw

@@ -1,5 +1,7 @@
 """Cleaning units (no database): PII regexes, MinHash equivalence with datasketch, near duplicates,
-the stable split, the shipped general data."""
+the split's question form and deficit rule, the shipped general data."""
+
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ from datasketch import MinHash
 from retrain.datasets.cleaning import (
     TokenCounter, iban_ok, luhn_ok, minhash_signatures, near_duplicate_groups, redact_pii, shingle_hashes,
 )
-from retrain.datasets.split import split_key, split_of
+from retrain.datasets.split import pick_split, question_hash, question_text
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -51,12 +53,25 @@ def test_near_duplicates():
     assert near_duplicate_groups(texts, threshold=0.999) == [0, 1, 2, 3]
 
 
-def test_split_is_stable_and_by_user():
-    keys = [split_key(f"conv_{i}", None) for i in range(2000)]
-    splits = [split_of(k, 0.1) for k in keys]
-    assert 120 < splits.count("eval") < 280
-    assert splits == [split_of(k, 0.1) for k in keys]
-    assert split_key("a", "alice") == split_key("b", "alice")
+def test_largest_deficit_assignment():
+    fractions = {"test": 0.2, "validation": 0.1, "train": 0.7}
+    counts: Counter = Counter()
+    order = []
+    for _ in range(30):
+        split = pick_split(fractions, counts)
+        counts[split] += 1
+        order.append(split)
+    assert counts == {"test": 6, "validation": 3, "train": 21}
+    assert order[:5] == ["train", "test", "train", "train", "validation"]  # each prefix as near the targets as can be
+    assert pick_split({"test": 0.2, "validation": 0.1, "train": 0.7}, Counter({"train": 5})) == "test"
+    assert pick_split({"test": 0.0, "validation": 0.0, "train": 1.0}, Counter({"test": 9})) == "train"
+    assert pick_split({"test": 0.5, "validation": 0.0, "train": 0.5}, Counter()) == "test"  # tie: test first
+
+
+def test_question_text():
+    assert question_text("  What's the CAPITAL of France?! ") == "what is the capital of france"
+    assert question_text("I can’t log in, won't it work?") == "i can not log in will not it work"
+    assert question_hash(question_text("Hi!")) == question_hash("hi") != question_hash("hello")
 
 
 def test_token_counter_bound(tiny_model_dir):

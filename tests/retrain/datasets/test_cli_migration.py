@@ -17,24 +17,26 @@ def test_cli_build_show_list(settings):
             _c, m = f.conversation(s, f"Question {i}", f"Wrong answer {i}")
             f.correct(s, m[1], r, f"Right answer {i}")
     runner = CliRunner()
-    built = runner.invoke(app, ["dataset", "build", "--eval-fraction", "0"])
+    built = runner.invoke(app, ["dataset", "build", "--validation-fraction", "0", "--test-fraction", "0"])
     assert built.exit_code == 0, built.output
-    assert "built snapshot 1" in built.output and "sft: train 2, eval 0" in built.output
-    again = runner.invoke(app, ["dataset", "build", "--eval-fraction", "0"])
+    assert "built snapshot 1" in built.output and "sft: train 2, validation 0, test 0" in built.output
+    again = runner.invoke(app, ["dataset", "build", "--validation-fraction", "0", "--test-fraction", "0"])
     assert "unchanged, existing snapshot 1" in again.output
     shown = runner.invoke(app, ["dataset", "show", "1"])
-    assert shown.exit_code == 0 and json.loads(shown.output)["counts"]["dpo"] == {"train": 2, "eval": 0}
+    assert shown.exit_code == 0
+    assert json.loads(shown.output)["counts"]["dpo"] == {"train": 2, "validation": 0, "test": 0}
     listed = runner.invoke(app, ["dataset", "list"])
-    assert listed.output.startswith("1\t") and "sft=2/0" in listed.output
+    assert listed.output.startswith("1\t") and "sft=2/0/0" in listed.output
     assert runner.invoke(app, ["dataset", "show", "7"]).exit_code == 1
-    only_kto = runner.invoke(app, ["dataset", "build", "--kind", "kto", "--eval-fraction", "0"])
+    only_kto = runner.invoke(app, ["dataset", "build", "--kind", "kto", "--validation-fraction", "0",
+                                   "--test-fraction", "0"])
     assert "built snapshot 2" in only_kto.output and "kto: train 4" in only_kto.output and "sft: train 0" in only_kto.output
-    bad = runner.invoke(app, ["dataset", "build", "--options", '{"eval_fraction": 3}'])
+    bad = runner.invoke(app, ["dataset", "build", "--options", '{"test_fraction": 3}'])
     assert bad.exit_code != 0
 
 
 def test_migration_matches_model(settings):
-    """No pending autogenerate operations for the datasets table (`alembic check`, scoped to it)."""
+    """No pending autogenerate operations for the datasets tables (`alembic check`, scoped to them)."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
     from sqlmodel import SQLModel
@@ -46,5 +48,5 @@ def test_migration_matches_model(settings):
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         diffs = compare_metadata(ctx, SQLModel.metadata)
 
-    mine = [d for d in diffs if "datasetsnapshot" in repr(d)]
+    mine = [d for d in diffs if "datasetsnapshot" in repr(d) or "splitassignment" in repr(d)]
     assert mine == []

@@ -20,7 +20,7 @@ def snapshot(settings):
             f.rate(s, m[1], r2, all=5)
             a, b = f.candidate(s, m[1], f"Blue is colour {i}."), f.candidate(s, m[1], "No.")
             f.compare(s, m[1], r1, a.id, b.id, "a")
-        snap = service.build_snapshot(s, settings, BuildOptions(eval_fraction=0))
+        snap = service.build_snapshot(s, settings, BuildOptions(validation_fraction=0, test_fraction=0))
         return snap.path, snap.counts
 
 
@@ -41,7 +41,8 @@ def test_trl_trainers_accept_the_files(snapshot, tiny_model_dir, tmp_path):
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
     path, counts = snapshot
-    assert counts == {"sft": {"train": 8, "eval": 0}, "dpo": {"train": 8, "eval": 0}, "kto": {"train": 12, "eval": 0}}
+    none = {"validation": 0, "test": 0}
+    assert counts == {"sft": {"train": 8, **none}, "dpo": {"train": 8, **none}, "kto": {"train": 12, **none}}
     datasets = {k: _load(path, k) for k in ("sft", "dpo", "kto")}
     assert {"messages", "lineage"} <= set(datasets["sft"].column_names)
     assert {"prompt", "chosen", "rejected", "lineage"} <= set(datasets["dpo"].column_names)

@@ -31,7 +31,7 @@ def write_snapshot(path: Path, train: int = 8, eval_: int = 2, kinds=("sft", "dp
     path.mkdir(parents=True, exist_ok=True)
     for kind in ("sft", "dpo", "kto"):
         n_train, n_eval = (train, eval_) if kind in kinds else (0, 0)
-        for split, ids in (("train", range(n_train)), ("eval", range(1000, 1000 + n_eval))):
+        for split, ids in (("train", range(n_train)), ("validation", range(1000, 1000 + n_eval))):
             rows = [ROWS[kind](i) for i in ids]
             (path / f"{kind}.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -42,8 +42,7 @@ def fast_config(snapshot: Path | None = None, steps: int = 2, **extra) -> dict:
     method = {"max_steps": steps, "learning_rate": 1e-2, "effective_batch_size": 4, "lora_r": 4, "lora_alpha": 8,
               "max_length": 128}
     config = {"sft": dict(method), "dpo": dict(method), "kto": dict(method, min_rows=4), "logging_steps": 1,
-              "save_steps": 1, "evaluate": False,
-              "torch_threads": 1}
+              "save_steps": 1, "evaluate": False, "search_lr_factors": [1.0], "torch_threads": 1}
     if snapshot is not None:
         config["snapshot_path"] = str(snapshot)
     config.update(extra)

@@ -86,9 +86,9 @@ def test_leakage_guard():
 
 def test_config_yaml_cli_overrides_and_help(tmp_path):
     path = tmp_path / "retrain.yaml"
-    path.write_text("sft:\n  learning_rate: 0.001\n  num_train_epochs: 5\nmethods: [sft]\n")
+    path.write_text("sft:\n  learning_rate: 0.001\n  min_examples: 64\nmethods: [sft]\n")
     config = load_config(path, ["sft.learning_rate=3e-4", "dpo.beta=0.2"])
-    assert (config.sft.learning_rate, config.sft.num_train_epochs, config.dpo.beta) == (3e-4, 5.0, 0.2)
+    assert (config.sft.learning_rate, config.sft.min_examples, config.dpo.beta) == (3e-4, 64, 0.2)
     assert config.methods == ["sft"]
     with pytest.raises(ConfigError, match="unknown config field 'sft.learning_rat'"):
         load_config(overrides=["sft.learning_rat=1"])
@@ -99,11 +99,17 @@ def test_config_yaml_cli_overrides_and_help(tmp_path):
 
 def test_plan_records_what_and_why():
     config = load_config()
-    plan = make_plan({"sft": {"train": 40, "eval": 5}, "dpo": {"train": 30}, "kto": {"train": 100}}, config,
+    plan = make_plan({"sft": {"train": 40, "validation": 5}, "dpo": {"train": 30}, "kto": {"train": 100}}, config,
                      {"desirable": 50, "undesirable": 50})
     assert [s["method"] for s in plan["stages"]] == ["sft", "dpo"]
     assert "DPO planned" in next(s["reason"] for s in plan["skipped"] if s["method"] == "kto")
-    plan = make_plan({"sft": {"train": 2}, "dpo": {"train": 1}, "kto": {"train": 40, "eval": 4}}, config,
+    assert plan["search"]["stage"] == "sft"  # a learning-rate search on the first stage, which has validation rows
+    only_corrections = make_plan({"sft": {"train": 40}, "dpo": {"train": 30}, "kto": {"train": 60}}, config,
+                                 {"desirable": 30, "undesirable": 30}, {"dpo": 30, "kto": 60})
+    assert [s["method"] for s in only_corrections["stages"]] == ["sft"]  # SFT already trains on those
+    assert all("beyond the corrections" in s["reason"] for s in only_corrections["skipped"])
+    assert [s["method"] for s in make_plan({"dpo": {"train": 30}}, config, None, {"dpo": 30})["stages"]] == ["dpo"]
+    plan = make_plan({"sft": {"train": 2}, "dpo": {"train": 1}, "kto": {"train": 40, "validation": 4}}, config,
                      {"desirable": 30, "undesirable": 10})
     assert [s["method"] for s in plan["stages"]] == ["kto"]
     assert make_plan({}, config)["stages"] == []
@@ -132,16 +138,19 @@ def test_hardware_choices_on_cpu_and_batch_probe():
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])
-def test_keep_chooses_the_best_eval_or_the_last_step(keep, tiny_model_dir, tmp_path):
-    config = load_config(data=fast_config(steps=-1, save_total_limit=20))
-    config.sft.num_train_epochs, config.sft.keep, config.sft.early_stopping_patience = 4, keep, 0
+def test_keep_chooses_the_best_validation_or_the_last_step(keep, tiny_model_dir, tmp_path):
+    config = load_config(data=fast_config(steps=8, save_total_limit=20))
+    config.sft.evaluations, config.sft.keep, config.sft.early_stopping_patience = 4, keep, 0
+    config.sft.validation_tolerance = 0.0
     config.sft.learning_rate = 0.1  # high enough that the eval split's best comes before the last step
     train = [ROWS["sft"](i) for i in range(8)]
     wrong = [{"messages": [r["messages"][0], {"role": "assistant", "content": "zq xv 9 7 kk"}]} for r in train[:2]]
     result = train_stage("sft", config, base_path=tiny_model_dir, merge=[], train=train, eval_rows=wrong,
                          out=tmp_path)
     evals = {e["step"]: e["eval_loss"] for e in result["evals"]}
-    best_step = min(evals, key=evals.get)
+    lowest = min(evals.values())  # kept: the latest evaluation within the tolerance of the lowest loss
+    best_step = max(s for s, loss in evals.items() if loss <= lowest * (1 + config.sft.validation_tolerance) + 1e-6)
+    assert result["best_step"] == (best_step if keep == "best" else result["steps"])
     assert best_step != result["steps"], "eval must be best before the end, else best and last are one adapter"
     kept = load_file(tmp_path / "final" / "adapter_model.safetensors")
     step = best_step if keep == "best" else result["steps"]
@@ -203,3 +212,22 @@ def test_anchor_rows_hold_the_candidate_to_the_champion(tiny_model_dir, tmp_path
         train_stage("sft", load_config(data=fast_config(sft={"anchor_weight": 1.0})), base_path=tiny_model_dir,
                     merge=[], train=train, eval_rows=[dict(ROWS["sft"](99), lineage={"conversation_id": "served_0"})],
                     out=tmp_path / "leak", anchors=anchors)
+
+
+def test_the_kept_evaluation_is_the_latest_within_the_tolerance(tmp_path):
+    from types import SimpleNamespace
+
+    from retrain.training.trainers import Recorder
+
+    recorder = Recorder(tmp_path, None, "sft", patience=2, max_wall_s=None, save_best=False, tolerance=0.1)
+    kept, stopped = [], []
+    for step, loss in enumerate([1.0, 0.5, 0.54, 0.6, 0.62, 0.4], start=1):
+        control = SimpleNamespace(should_training_stop=False)
+        state = SimpleNamespace(global_step=step, epoch=step, is_world_process_zero=True)
+        recorder.on_evaluate(None, state, control, metrics={"eval_loss": loss})
+        kept.append(recorder.kept["step"])
+        stopped.append(control.should_training_stop)
+    # 0.54 is within 10% of 0.5 and later, so it is kept; 0.6 and 0.62 are not; 0.4 is a new lowest
+    assert kept == [1, 2, 3, 3, 3, 6]
+    assert stopped == [False, False, False, False, True, False]  # two evaluations beyond the tolerance
+    assert Recorder(tmp_path, None, "sft", 2, None).kept["step"] == 6  # resumed from best.json
