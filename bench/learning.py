@@ -1,7 +1,8 @@
 """Learning harness: does hitl learn 30 reviewer corrections of a new domain, with product defaults?
 
-For each corpus (FAQ documents from Debian packages, see bench/README.md and bench/data/learning/) the whole
-loop runs through the HTTP API only, on a fresh data dir and SQLite store:
+For each corpus (FAQ documents from Debian packages: debian-faq, python3.11-doc, zsh-common, sqlite3-doc; see
+bench/README.md and bench/data/learning/) the whole loop runs through the HTTP API only, on a fresh data dir and
+SQLite store:
 
   1. baseline: `hitl serve` with conversation logging off (so the measurement chats can never become
      training rows or anchor rows of the snapshot) answers, at temperature 0, the 30 questions, their
@@ -21,11 +22,14 @@ paraphrases of those prompts (>= 30%), the general set's net change with a 95% p
 gate decision with its reasons, retrain and gate seconds (from the run's timings). A JSON summary and a
 PNG plot go to --out.
 
-`--poison`: 30 capital-city questions corrected with confidently wrong answers ("The capital of France is
-Berlin."); the expected outcome is a run that ends `rejected` (or `insufficient_evidence`), never promoted.
+`--poison [capitals|mixed|both]`: 30 questions corrected with confidently wrong answers, either capital cities
+("The capital of France is Berlin.") or mixed general knowledge: science, animals, geography, history,
+arithmetic ("A Bactrian camel has three humps."); bare `--poison` runs both. The expected outcome is a run that
+ends `rejected` (or `insufficient_evidence`), never promoted.
 
-    .venv/bin/python bench/learning.py                           # debian, python, zsh on SmolLM2
-    .venv/bin/python bench/learning.py --corpus zsh --poison     # one corpus and the poison scenario
+    .venv/bin/python bench/learning.py                           # debian, python, zsh, sqlite on SmolLM2
+    .venv/bin/python bench/learning.py --corpus zsh --poison     # one corpus and both poison scenarios
+    .venv/bin/python bench/learning.py --poison mixed            # only the mixed poison scenario
     .venv/bin/python bench/learning.py --corpus debian --base-model /tmp/tiny   # plumbing smoke test
 """
 
@@ -54,7 +58,8 @@ from demo.scenario import chat, is_correct  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "learning"
 GENERAL = ROOT / "demo" / "data" / "general.jsonl"
-CORPORA = ("debian", "python", "zsh")
+CORPORA = ("debian", "python", "zsh", "sqlite")
+POISON = {"capitals": "poison.jsonl", "mixed": "poison_mixed.jsonl"}  # --poison NAME; bare --poison runs both
 FINISHED = {"succeeded", "failed", "skipped", "rejected", "promoted", "insufficient_evidence"}
 ACTIVE = {"queued", "running"}  # any other status is final (statuses may grow)
 TARGETS = {"corrected_train": 0.80, "paraphrases": 0.30}
@@ -339,7 +344,7 @@ def plot(summaries: dict[str, dict], path: Path) -> None:
 def run_scenario(name: str, items: list[dict], general: list[dict], *, base_model: str | None, max_tokens: int,
                  keep: bool, timeout_s: float) -> dict:
     data_dir = Path(tempfile.mkdtemp(prefix=f"hitl-learning-{name}-"))
-    scenario = "poison" if name == "poison" else "corpus"
+    scenario = "poison" if name.startswith("poison") else "corpus"
     res: dict[str, Any] = {"scenario": scenario, "corpus": name, "data_dir": str(data_dir), "base_model": base_model,
                            "n_items": len(items), "n_general": len(general), "stages_s": {}}
     env = {**thread_env(), "HITL_SCHEDULER_ENABLED": "false"}
@@ -411,7 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", nargs="+", choices=CORPORA, metavar="NAME",
                     help=f"corpora to run ({', '.join(CORPORA)}); default all, or none when only --poison is given")
-    ap.add_argument("--poison", action="store_true", help="also run the poisoned-corrections scenario")
+    ap.add_argument("--poison", nargs="?", const="both", choices=(*POISON, "both"), metavar="{capitals,mixed,both}",
+                    help="also run a poisoned-corrections scenario: capitals (bench/data/learning/poison.jsonl), "
+                    "mixed (poison_mixed.jsonl: science, animals, geography, history, arithmetic) or both "
+                    "(the default when --poison has no value)")
     ap.add_argument("--base-model", help="local checkpoint to serve (default: the converted SmolLM2 in var/models)")
     ap.add_argument("--out", type=Path, help="output dir for learning.json and learning.png "
                     "(default bench/results/learning/<UTC time>)")
@@ -432,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                                "command": " ".join(["bench/learning.py", *(argv if argv is not None else sys.argv[1:])]),
                                "scenarios": {}}
     plan = [(c, load(DATA / f"{c}.jsonl")[: args.items]) for c in corpora]
-    if args.poison:
-        plan.append(("poison", load(DATA / "poison.jsonl")[: args.items]))
+    for kind in ((*POISON,) if args.poison == "both" else (args.poison,) if args.poison else ()):
+        plan.append((f"poison-{kind}", load(DATA / POISON[kind])[: args.items]))
     for name, items in plan:
         asked = {i["question"].strip().lower() for i in items}
         gen = [g for g in general if g["question"].strip().lower() not in asked]

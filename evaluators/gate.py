@@ -266,6 +266,24 @@ def evaluate_version(version: str, *, snapshot: Path | None = None, policy: dict
     return report
 
 
+def measure_champion(settings: Settings | None = None, policy: dict | None = None) -> dict[str, Any]:
+    """The champion's and its lineage reference's side of the gates that need no snapshot (general set,
+    golden prompts), into the eval cache. A promoted candidate's side is already there (it was measured as the
+    candidate); the base's is not before the first run, and a run computes it here, before training, so the
+    gates after training compute only the candidate's side. Returns what was computed or found."""
+    settings = settings or get_settings()
+    policy = policy or load_policy()
+    with session_scope() as session:
+        champion = serving.ensure_champion(session, settings)
+        reference, ancestry = resolve_reference(session, champion, champion,
+                                                P.section("cumulative", policy.get("cumulative")).reference)
+        for row in {id(r): r for r in (champion, reference) if r is not None}.values():
+            session.expunge(row)
+    report = run_gates(champion, champion, None, policy, [], settings, reference, ancestry)
+    return {"champion": champion.version, "reference": report["reference"], "cache": report["cache"],
+            "seconds": report["timings"]["total_s"]}
+
+
 def evaluate_and_decide(run_id: int) -> dict[str, Any]:
     """Entry point of the retrain pipeline: gate the run's candidate, record the decision on the run."""
     from retrain.training.models import RetrainRun

@@ -105,13 +105,18 @@ def point(columns, stat) -> float:
     return float(stat(values.sum(axis=0)))
 
 
+# Below a gate's min_n a bound may still establish a failure, but not from fewer groups than this: with 2
+# groups a 95% bootstrap bound is just the worse of the two values, which proves nothing.
+MIN_BOUND_N = 5
+
+
 def harm_verdict(value: float | None, ci: tuple[float, float] | None, margin: float, n: int,
                  min_n: int) -> tuple[bool | None, Evidence, str]:
     """Non-inferiority: pass only when the upper bound of the harm is within `margin` on at least `min_n`
     items. Below `min_n` (or without a bound) it does not pass; it fails only when even the lower bound
     exceeds the margin (the harm is established), otherwise it stays undecided (insufficient)."""
     if n < min_n or ci is None or value is None or not np.isfinite(value):
-        established = ci is not None and ci[0] > margin
+        established = ci is not None and n >= MIN_BOUND_N and ci[0] > margin
         why = (f"only {n} of the {min_n} needed" if n < min_n else "no confidence bound (fewer than 2 groups)")
         if established:
             return False, INSUFFICIENT, f"{why}, but even the lower bound {ci[0]:.3g} exceeds the margin {margin:g}"
@@ -128,7 +133,7 @@ def benefit_verdict(value: float | None, ci: tuple[float, float] | None, at_leas
     target = max(t for t in (at_least, lower_bound_min, -np.inf) if t is not None)
     if n < min_n or value is None or not np.isfinite(value) or (lower_bound_min is not None and ci is None):
         why = f"only {n} of the {min_n} needed" if n < min_n else "no confidence bound (fewer than 2 groups)"
-        if ci is not None and ci[1] < target:
+        if ci is not None and n >= MIN_BOUND_N and ci[1] < target:
             return False, INSUFFICIENT, f"{why}, but even the upper bound {ci[1]:.3g} is below {target:g}"
         return None, INSUFFICIENT, f"insufficient evidence: {why}"
     reasons = []

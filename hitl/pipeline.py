@@ -222,6 +222,10 @@ def _run_locked(run_id: int, settings: Settings) -> RunStatus:
                 runs.finish(session, runs.get_run(session, run_id), RunStatus.skipped,
                             reason=f"nothing to train ({reasons})")
             return RunStatus.skipped
+        if load_config(data=_config(run_id)).evaluate:  # the champion's side of the gates, once per version
+            from evaluators.gate import measure_champion
+
+            timings["champion_side"] = measure_champion(settings)
         t1 = time.monotonic()
         from retrain.training import hardware
 

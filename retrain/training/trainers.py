@@ -195,9 +195,14 @@ def longest_tokens(tokenizer, rows: list[dict], method: str, cap: int, sample: i
         return [m for p in parts for m in p]
 
     longest = sorted(rows, key=lambda r: -sum(len(m["content"]) for m in text(r)))[:sample]
-    n = max((len(tokenizer.apply_chat_template(text(r), tokenize=True)) for r in longest), default=16)
-    n = n if isinstance(n, int) else 16
+    n = max((n_tokens(tokenizer, text(r)) for r in longest), default=16)
     return max(8, min(cap, n))
+
+
+def n_tokens(tokenizer, messages: list[dict]) -> int:
+    """Tokens of a conversation in the chat template (transformers 5 returns a dict of ids and mask)."""
+    encoded = tokenizer.apply_chat_template(messages, tokenize=True)
+    return len(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
 def mean_tokens(tokenizer, rows: list[dict], cap: int, sample: int = 2000) -> float:
@@ -205,8 +210,7 @@ def mean_tokens(tokenizer, rows: list[dict], cap: int, sample: int = 2000) -> fl
     def messages(row):
         return [*row.get("prompt", []), *(row.get("completion") or row.get("chosen") or [])]
 
-    lengths = [min(cap, len(tokenizer.apply_chat_template(messages(r), tokenize=True))) for r in rows[:sample]]
-    lengths = [n if isinstance(n, int) else 16 for n in lengths]
+    lengths = [min(cap, n_tokens(tokenizer, messages(r))) for r in rows[:sample]]
     return sum(lengths) / len(lengths) if lengths else 16.0
 
 

@@ -207,3 +207,16 @@ def test_insufficient_evidence_keeps_the_candidate_and_is_stored_on_the_run(sett
         assert version.status == VersionStatus.candidate and version.gate_report["decision"] == "insufficient_evidence"
         assert serving.champion(s).version == "base"
         assert s.get(RetrainRun, run_id).status == RunStatus.insufficient_evidence
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_the_champion_side_is_measured_once_per_version(settings, general_set, golden_file):
+    """What the pipeline calls before training: the base's side of the general set and golden prompts goes
+    into the eval cache once; the gates after training then compute only the candidate's side."""
+    policy = gate.load_policy(overrides={"forgetting": {"path": str(general_set), "max_new_tokens": 8},
+                                         "golden": {"path": str(golden_file)}})
+    first = gate.measure_champion(settings, policy)
+    assert first["champion"] == "base" and first["reference"] == "base" and first["cache"]["computed"] >= 3
+    assert any((settings.data_dir / "eval-cache" / "base").glob("answers-*.json"))
+    again = gate.measure_champion(settings, policy)
+    assert again["cache"]["computed"] == 0 and again["cache"]["disk_hits"] >= 3

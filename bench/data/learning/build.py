@@ -20,7 +20,7 @@ from curation import C  # noqa: E402
 from demo.scenario import normalize  # noqa: E402
 
 PACKAGES = {"debian": ("debian-faq", "11.1"), "python": ("python3.11-doc", "3.11.2-6+deb12u9"),
-            "zsh": ("zsh-common", "5.9-4")}
+            "zsh": ("zsh-common", "5.9-4"), "sqlite": ("sqlite3-doc", "3.40.1-2+deb12u2")}
 
 
 def main() -> None:

@@ -85,3 +85,15 @@ def test_the_search_keeps_the_trial_with_the_lowest_validation_loss_within_its_t
         assert "skipped" in trials[1] and result["chosen_trial"] == 0
     kept = json.loads((tmp_path / f"trial-{result['chosen_trial']}" / "result.json").read_text())
     assert (tmp_path / "final").is_dir() and kept["budget"] == result["budget"]
+
+
+def test_example_tokens_are_counted_in_the_chat_template(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from retrain.training.trainers import mean_tokens, to_trl_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = to_trl_rows("sft", [ROWS["sft"](i) for i in range(4)])
+    text = tokenizer.apply_chat_template(rows[0]["prompt"] + rows[0]["completion"], tokenize=False)
+    expected = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert mean_tokens(tokenizer, rows, cap=1024) == pytest.approx(expected, abs=2)  # not the dict's 2 keys

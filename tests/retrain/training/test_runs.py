@@ -43,6 +43,9 @@ def test_api_run_trains_in_its_own_process_and_registers_a_candidate(api, settin
 
     got = api.get(f"/api/retrain/runs/{run.id}").json()
     assert got["plan"]["stages"][0]["method"] == "sft" and got["plan"]["stages"][0]["reason"]
+    budget = got["plan"]["stages"][0]["budget"]  # steps, tokens and why, as the trainer ran them
+    assert budget["steps"] == 2 and budget["tokens"] > 0 and budget["why"]
+    assert got["metrics"]["stages"]["0-sft"]["budget"]["steps"] == budget["steps"]
     assert any("loss" in e and "eval_loss" not in e for e in got["metrics"]["steps"])
     assert got["candidate_version"] and got["snapshot_hash"] and got["timings"]["train_s"] > 0
     assert "evaluation disabled" in got["gate"]["note"]
@@ -164,3 +167,15 @@ def test_stages_and_champions_chain_into_one_stacked_adapter(settings, tmp_path)
     from service.backends.local import load_model
 
     load_model(v2.base_path, v2.adapter_path, device="cpu")
+
+
+def test_cli_plan_shows_steps_tokens_and_why(settings, tmp_path):
+    from typer.testing import CliRunner
+
+    from hitl.cli import app
+
+    snapshot = write_snapshot(tmp_path / "snap", train=25, eval_=3, kinds=("sft",))
+    result = CliRunner().invoke(app, ["retrain", "plan", "--snapshot", str(snapshot)])
+    assert result.exit_code == 0, result.output
+    assert "optimizer steps" in result.output and "tokens" in result.output and "learning rate" in result.output
+    assert "at least 256" in result.output  # the small snapshot's floor, with its reason
