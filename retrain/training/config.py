@@ -55,13 +55,13 @@ class MethodConfig:
     early_stopping_patience: int = _help(
         "Stop when the validation loss has not improved for this many evaluations; 0: never.", default=2)
     keep: str = _help("Adapter that becomes the candidate: 'best' (the latest evaluation within "
-                      "validation_tolerance of the lowest validation loss) or 'last' (the final step; early stopping "
-                      "off).", default="best")
+                      "validation_tolerance of the champion's validation loss) or 'last' (the final step; early "
+                      "stopping off).", default="best")
     validation_tolerance: float = _help(
-        "Relative validation loss above the lowest that still counts as no worse. The validation split holds "
-        "other questions: once their loss stops improving, further steps memorize the corrections themselves "
-        "(what reviewers asked for); they are kept while the other questions lose no more than this.",
-        default=0.10)
+        "Relative validation loss above the champion's (before training) that still counts as no worse. The "
+        "validation split holds other questions: once their loss stops improving, further steps learn the "
+        "corrections themselves (what reviewers asked for); they are kept while the other questions stay within "
+        "this of the champion.", default=0.10)
     min_rows: int = _help("The plan trains this method only with at least this many train rows.", default=8)
     extra: dict[str, Any] = _help(
         "Extra keyword arguments passed verbatim to the TRL config (e.g. {optim: adamw_torch_fused}).",
@@ -184,13 +184,16 @@ def _overlay(obj: Any, data: dict[str, Any], prefix: str) -> Any:
         if dataclasses.is_dataclass(current):
             changes[key] = _overlay(current, value, f"{prefix}{key}.")
         else:
-            changes[key] = _coerce(value, current, f"{prefix}{key}")
+            changes[key] = _coerce(value, current, f"{prefix}{key}", fields[key].type)
     return dataclasses.replace(obj, **changes)
 
 
-def _coerce(value: Any, current: Any, name: str) -> Any:
-    if value is None or current is None:
+def _coerce(value: Any, current: Any, name: str, annotation: Any = None) -> Any:
+    if value is None:
         return value
+    if current is None:  # an optional field: coerce to its declared number type (YAML reads 3e-3 as a string)
+        kinds = [t for t in (float, int) if t in getattr(annotation, "__args__", ())]
+        return _coerce(value, kinds[0](0), name) if kinds else value
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"'{name}' must be true or false")

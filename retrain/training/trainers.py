@@ -72,16 +72,17 @@ def assert_no_leakage(train: list[dict], eval_rows: list[dict], train_split: str
 class Recorder(TrainerCallback):
     """Per-step metrics to the run record; the kept adapter after each evaluation; early stopping; wall clock.
 
-    The kept adapter (`best/`) is the latest evaluation whose validation loss is within `tolerance` of the
-    lowest so far. The validation split holds other questions than the train split: once their loss stops
-    improving, further steps memorize the corrections themselves, which is what the reviewers asked for, and
-    are kept as long as they cost the other questions no more than the tolerance. Early stopping counts the
-    evaluations beyond it."""
+    The kept adapter (`best/`) is the latest evaluation whose validation loss is no worse than the champion's
+    (the loss before training, `start`) by more than `tolerance`; without a start, than the lowest so far.
+    The validation split holds other questions than the train split: their loss bottoms out after a few
+    passes, while the corrections themselves are learned over the next ones (what the reviewers asked for).
+    Those steps are kept as long as the other questions stay non-inferior to the champion; early stopping
+    counts the evaluations beyond that."""
 
     def __init__(self, stage_dir: Path, sink: Sink | None, tag: str, patience: int, max_wall_s: float | None,
                  save_best: bool = True, tolerance: float = 0.0):
         self.stage_dir, self.sink, self.tag, self.save_best = stage_dir, sink, tag, save_best
-        self.tolerance = tolerance
+        self.tolerance, self.start = tolerance, None
         self.patience, self.deadline = patience, (time.monotonic() + max_wall_s) if max_wall_s else None
         self.state_file = stage_dir / "best.json"
         saved = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
@@ -110,7 +111,8 @@ class Recorder(TrainerCallback):
         self.last_eval_step = state.global_step
         self.evals.append({"step": state.global_step, "epoch": state.epoch, "eval_loss": loss})
         self.best = min(self.best, loss)
-        if loss <= self.best * (1 + self.tolerance) + 1e-6:
+        reference = self.start if self.start is not None else self.best
+        if loss <= reference * (1 + self.tolerance) + 1e-6:
             self.bad_evals, self.kept = 0, self.evals[-1]
             if self.save_best and state.is_world_process_zero and model is not None:
                 save_adapter(model, self.stage_dir / "best")
@@ -336,6 +338,7 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
         baseline_file.write_text(json.dumps({"eval_loss": trainer.evaluate()["eval_loss"]}))
         recorder.paused = False
     baseline = json.loads(baseline_file.read_text())["eval_loss"] if baseline_file.exists() else None
+    recorder.start = baseline
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     step = trainer.state.global_step
     if eval_ds and recorder.last_eval_step != step:  # e.g. stopped by max_steps between epochs

@@ -13,7 +13,7 @@ def test_a_small_snapshot_gets_enough_steps_to_learn():
     small = budget.size("sft", sft, rows=25, tokens_per_example=60, width=576)
     # 25 corrections used to give 6 optimizer steps (3 epochs at batch 16); now at least min_examples are seen
     assert small.examples_seen >= min(sft.min_examples, sft.max_passes * 25)
-    assert small.examples_per_step <= 12 and small.steps >= 20
+    assert small.examples_per_step == 5 and small.steps >= 40  # at least 5 optimizer steps per pass
     assert small.passes <= sft.max_passes + 1
     assert any("at least" in line for line in small.why)
 
@@ -44,14 +44,14 @@ def test_the_trainer_runs_the_budget(tiny_model_dir, tmp_path):
     data["sft"] = {k: v for k, v in data["sft"].items() if k not in ("max_steps", "effective_batch_size")}
     data["sft"].update(min_examples=24, max_passes=3, evaluations=2)
     config = load_config(data=data)
-    train = [ROWS["sft"](i) for i in range(8)]
+    train = [ROWS["sft"](i) for i in range(20)]
     validation = [ROWS["sft"](100 + i) for i in range(2)]
     result = train_stage("sft", config, base_path=tiny_model_dir, merge=[], train=train, eval_rows=validation,
                          out=tmp_path)
     plan = result["budget"]
-    assert plan["examples_per_step"] == 4 and plan["steps"] == 6  # 24 examples seen / 4 per step
-    assert result["steps"] == 6
-    assert len(result["evals"]) == 2 and result["best_step"] in (3, 6)
+    assert plan["examples_per_step"] == 4  # a fifth of the 20 rows: at least 5 steps per pass
+    assert plan["steps"] == 10 and result["steps"] == 10  # 2 passes (40 examples, above min_examples 24) / 4
+    assert len(result["evals"]) == 2 and result["best_step"] in (5, 10)
 
 
 def test_rows_restating_a_correction_are_counted():

@@ -92,6 +92,9 @@ def test_config_yaml_cli_overrides_and_help(tmp_path):
     assert config.methods == ["sft"]
     with pytest.raises(ConfigError, match="unknown config field 'sft.learning_rat'"):
         load_config(overrides=["sft.learning_rat=1"])
+    assert load_config(overrides=["sft.learning_rate=3e-3"]).sft.learning_rate == 3e-3  # YAML reads it as a string
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(data={"sft": {"learning_rate": "fast"}})
     with pytest.raises(ConfigError, match="unknown method"):
         load_config(data={"methods": ["ppo"]})
     assert all(help_ for _name, _default, help_ in describe())
@@ -231,3 +234,13 @@ def test_the_kept_evaluation_is_the_latest_within_the_tolerance(tmp_path):
     assert kept == [1, 2, 3, 3, 3, 6]
     assert stopped == [False, False, False, False, True, False]  # two evaluations beyond the tolerance
     assert Recorder(tmp_path, None, "sft", 2, None).kept["step"] == 6  # resumed from best.json
+
+    # with the champion's loss before training as the start, steps are kept while within the tolerance of it
+    recorder = Recorder(tmp_path / "start", None, "sft", patience=2, max_wall_s=None, save_best=False,
+                        tolerance=0.1)
+    recorder.start = 1.0
+    (tmp_path / "start").mkdir()
+    for step, loss in enumerate([0.6, 0.9, 1.05, 1.2], start=1):
+        state = SimpleNamespace(global_step=step, epoch=step, is_world_process_zero=True)
+        recorder.on_evaluate(None, state, SimpleNamespace(should_training_stop=False), metrics={"eval_loss": loss})
+    assert recorder.kept["step"] == 3  # 1.05 is within 10% of the champion's 1.0, 1.2 is not
