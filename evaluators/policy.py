@@ -18,7 +18,7 @@ DEFAULT_POLICY = Path(__file__).resolve().parent / "policy.yaml"
 class Heldout:
     max_examples: int | None
     min_n: int
-    min_relative_improvement: float
+    min_relative_improvement: float | None
     lower_bound_min: float | None
     confidence: float
 
