@@ -51,7 +51,7 @@ def run(
             console.print(f"candidate {version.version}: adapter {version.adapter_path} on {version.base_path}")
     if final.gate:
         console.print(f"gate: {final.gate.get('decision') or final.gate.get('note') or final.gate}")
-    raise typer.Exit(0 if final.status in ("succeeded", "promoted", "rejected", "skipped") else 1)
+    raise typer.Exit(0 if final.status in ("succeeded", "promoted", "rejected", "insufficient_evidence", "skipped") else 1)
 
 
 def follow(run_id: int, poll_s: float = 1.0):
