@@ -53,7 +53,7 @@ import httpx  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: E402
 
-from demo.run import Server, _default_base_model, _free_port, thread_env  # noqa: E402
+from demo.run import Server, _default_base_model, _free_port, thread_env, wait_champion  # noqa: E402
 from demo.scenario import chat, is_correct  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "learning"
@@ -163,18 +163,6 @@ def wait_run(admin: httpx.Client, run_id: int, timeout_s: float) -> dict:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"retrain run {run_id} not finished after {timeout_s}s")
             time.sleep(2.0)
-
-
-def wait_served(admin: httpx.Client, version: str, timeout_s: float = 600) -> str | None:
-    """The server follows the champion alias: wait until /readyz names `version` (as demo/run.py does)."""
-    deadline = time.monotonic() + timeout_s
-    served = None
-    while time.monotonic() < deadline:
-        served = admin.get("/readyz").json().get("model_version")
-        if served == version:
-            return served
-        time.sleep(1.0)
-    return served
 
 
 def split_membership(admin: httpx.Client, run: dict, items: list[dict]) -> dict[str, str]:
@@ -391,7 +379,8 @@ def run_scenario(name: str, items: list[dict], general: list[dict], *, base_mode
 
             t = time.monotonic()
             if run["status"] == "promoted" and run.get("candidate_version"):
-                res["served_after"] = wait_served(admin, run["candidate_version"])
+                res["served_after"] = (wait_champion(admin, run["candidate_version"], timeout_s=600)
+                                       or admin.get("/readyz").json().get("model_version"))
                 res["after"] = measure(front, items, general, max_tokens, "answers after")
             else:
                 # nothing promoted: the champion did not change, so the "after" answers are the same model's

@@ -222,7 +222,8 @@ def _run_locked(run_id: int, settings: Settings) -> RunStatus:
                 runs.finish(session, runs.get_run(session, run_id), RunStatus.skipped,
                             reason=f"nothing to train ({reasons})")
             return RunStatus.skipped
-        if load_config(data=_config(run_id)).evaluate:  # the champion's side of the gates, once per version
+        evaluate = load_config(data=_config(run_id)).evaluate
+        if evaluate:  # the champion's side of the gates, once per version
             from evaluators.gate import measure_champion
 
             timings["champion_side"] = measure_champion(settings)
@@ -242,7 +243,7 @@ def _run_locked(run_id: int, settings: Settings) -> RunStatus:
                                               parent=plan["champion"]["version"])
             log.info("candidate %s registered: %s", version.version, candidate)
         t2 = time.monotonic()
-        final, decision = (gate(run_id) if load_config(data=_config(run_id)).evaluate
+        final, decision = (gate(run_id) if evaluate
                            else (RunStatus.succeeded, {"note": "evaluation disabled in the run config"}))
         timings["evaluate_s"] = round(time.monotonic() - t2, 2)
         with session_scope() as session:

@@ -276,8 +276,7 @@ def train_stage(method: str, config: RetrainConfig, **kw) -> dict[str, Any]:
 
 def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, merge: list[str | Path],
                 train: list[dict], eval_rows: list[dict], out: Path, sink: Sink | None = None,
-                hw: hardware.Hardware | None = None, overrides: dict[str, Any] | None = None,
-                tag: str | None = None, anchors: list[dict] | None = None, lr_factor: float = 1.0) -> dict[str, Any]:
+                hw: hardware.Hardware | None = None, tag: str | None = None, anchors: list[dict] | None = None, lr_factor: float = 1.0) -> dict[str, Any]:
     result_file = out / "result.json"
     if result_file.exists() and adapters.is_adapter(out / "final"):
         return json.loads(result_file.read_text()) | {"reused": True}
@@ -289,10 +288,6 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
     hw = hw or hardware.detect()
     tag = tag or method
     opts = getattr(config, method)
-    if overrides:
-        from dataclasses import replace
-
-        opts = replace(opts, **overrides)
     anchors = (anchors or []) if method == "sft" and getattr(opts, "anchor_weight", 0) > 0 else []
     assert_no_leakage(train + anchors, eval_rows)
     out.mkdir(parents=True, exist_ok=True)
@@ -394,7 +389,8 @@ def run_stage(method: str, config: RetrainConfig, *, base_path, merge, train, ev
     started, trials = time.monotonic(), []
     for i, factor in enumerate(factors):
         elapsed = time.monotonic() - started
-        if i and elapsed + trials[-1].get("seconds", 0) > config.search_max_s:  # the next trial would not fit
+        last = [t["seconds"] for t in trials if "seconds" in t][-1:]
+        if last and elapsed + last[0] > config.search_max_s:  # another trial like the last one would not fit
             trials.append({"trial": i, "lr_factor": factor,
                            "skipped": f"{elapsed:.0f} s + another trial > search_max_s {config.search_max_s:g} s"})
             continue
