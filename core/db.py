@@ -31,11 +31,12 @@ def engine_for(url: str) -> Engine:
 
 
 def sqlite_pragmas(dbapi_conn, _record) -> None:
-    """Connect hook of every SQLite engine: WAL, full durability, foreign keys, a busy timeout."""
+    """Connect hook of every SQLite engine: WAL, full durability, foreign keys, secure delete, a busy timeout."""
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
     cur.execute("PRAGMA synchronous=FULL")  # an acknowledged commit survives a crash
     cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA secure_delete=ON")  # deleted content is zeroed, not left in free pages
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
 

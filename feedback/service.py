@@ -6,12 +6,13 @@ import difflib
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from fastapi import HTTPException, status
-from sqlalchemy import delete, exists, func, or_, update
+from sqlalchemy import delete, event, exists, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -61,8 +62,8 @@ def assistant_message(session: Session, message_id: str) -> Message:
     message = session.get(Message, message_id)
     if message is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"message '{message_id}' not found")
-    if message.role != "assistant":
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "feedback targets assistant replies only")
+    if message.role != "assistant" or message.from_client:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "feedback targets served assistant replies only")
     return message
 
 
@@ -101,17 +102,18 @@ def record_thumbs_batch(session: Session, writes: list[ThumbsWrite], settings: S
     lock_for_write(session)
     sql = _RawSQL(session)
     with sql.pipeline():  # PostgreSQL: both queries in one round trip
-        found = sql.lookup("SELECT id, role FROM message WHERE id", sorted({w.message_id for w in writes}))
+        found = sql.lookup("SELECT id, role = 'assistant' AND NOT from_client FROM message WHERE id",
+                           sorted({w.message_id for w in writes}))
         spare_ids = sql.next_ids("thumbs", len(writes))  # gaps in ids are harmless
-    roles = dict(found.fetchall())
+    served = dict(found.fetchall())  # message id -> a reply of the served model
     outcomes: list[Outcome | None] = [None] * len(writes)
     owners: dict[tuple[int, str], int] = {}  # (user, key) -> index of the write that runs it
     fresh: list[int] = []
     for i, w in enumerate(writes):
-        if w.message_id not in roles:
+        if w.message_id not in served:
             outcomes[i] = Outcome(404, f"message '{w.message_id}' not found")
-        elif roles[w.message_id] != "assistant":
-            outcomes[i] = Outcome(422, "feedback targets assistant replies only")
+        elif not served[w.message_id]:
+            outcomes[i] = Outcome(422, "feedback targets served assistant replies only")
         elif w.key is None:
             fresh.append(i)
         elif (w.user_id, w.key) not in owners:  # later retries inside the batch are answered below
@@ -318,7 +320,8 @@ def sync_queue(session: Session, settings: Settings) -> int:
     """Look once at every assistant reply not yet seen by the queue and decide whether to queue it."""
     unseen = (
         select(Message.id, Message.mean_logprob)
-        .where(Message.role == "assistant", ~exists().where(ReviewItem.message_id == Message.id))
+        .where(Message.role == "assistant", col(Message.from_client).is_(False),
+               ~exists().where(ReviewItem.message_id == Message.id))
         .limit(SYNC_BATCH)
     )
     rows = session.execute(unseen).all()
@@ -607,23 +610,85 @@ def delete_conversation(session: Session, admin: User, conversation_id: str, rea
 
 
 def delete_end_user(session: Session, admin: User, end_user: str, reason: str | None = None) -> Deletion:
-    """Delete every conversation of an end user; future builds also exclude any later ones of theirs."""
+    """Delete every conversation of an end user, and the messages (with the replies to them) they sent
+    into other conversations; future builds also exclude any later conversations of theirs."""
     ids = list(session.exec(select(Conversation.id).where(Conversation.end_user == end_user)))
-    return _delete(session, admin, ids, end_user=end_user, reason=reason)
+    return _delete(session, admin, ids, Message.end_user == end_user, end_user=end_user, reason=reason)
 
 
-def _delete(session: Session, admin: User, ids: list[str], **request) -> Deletion:
-    if ids:
-        message_ids = select(Message.id).where(col(Message.conversation_id).in_(ids))
+@dataclass
+class Erasure:
+    """What a privacy deletion removed, for the stores outside the database rows to erase too."""
+
+    conversation_ids: set[str]
+    message_ids: set[str]
+    texts: set[str]  # the messages and every feedback text on them
+
+    @property
+    def needles(self) -> set[str]:
+        return self.conversation_ids | self.message_ids | self.texts
+
+
+# Called with the session and the `Erasure` of every deletion, before it commits (e.g. dataset snapshots,
+# registered by the app: this domain cannot import retrain).
+ERASERS: list[Callable[[Session, Erasure], None]] = []
+
+
+def mentions(value: Any, needles: set[str]) -> bool:
+    """Whether any string in a JSON value equals one of `needles` (exact: short texts match nothing else)."""
+    if isinstance(value, str):
+        return value in needles
+    if isinstance(value, dict):
+        return any(mentions(v, needles) for v in value.values())
+    if isinstance(value, list):
+        return any(mentions(v, needles) for v in value)
+    return False
+
+
+def _delete(session: Session, admin: User, ids: list[str], *also, **request) -> Deletion:
+    messages = select(Message.id).where(or_(col(Message.conversation_id).in_(ids), *also))
+    erasure = _erasure(session, ids, messages)
+    if erasure.message_ids:
         # the audit trail keeps who/what/when but loses the deleted content
-        session.execute(update(AuditEvent).where(col(AuditEvent.message_id).in_(message_ids))
+        session.execute(update(AuditEvent).where(col(AuditEvent.message_id).in_(messages))
                         .values(before=None, after={"redacted": "privacy deletion"}))
+        stored = session.execute(select(IdempotencyRecord.id, IdempotencyRecord.response)
+                                 .where(col(IdempotencyRecord.response).is_not(None))).all()
+        replays = [rid for rid, response in stored if mentions(response, erasure.needles)]
+        session.execute(delete(IdempotencyRecord).where(col(IdempotencyRecord.id).in_(replays)))
+        session.execute(delete(Message).where(col(Message.id).in_(messages)))
         session.execute(delete(Conversation).where(col(Conversation.id).in_(ids)))
     row = Deletion(conversation_ids=ids, requested_by=admin.id, **request)
     session.add(row)
     session.flush()
     audit(session, admin, "deletion.create", "deletion", row.id, after=snapshot(row))
+    for erase in ERASERS:
+        erase(session, erasure)
+    _checkpoint_after_commit(session)
     return row
+
+
+def _erasure(session: Session, ids: list[str], messages) -> Erasure:
+    texts = {t for (t,) in session.execute(select(Message.content).where(col(Message.id).in_(messages)))}
+    for model, field in ((Thumbs, "comment"), (Rating, "comment"), (Correction, "content"), (Comment, "text"),
+                         (Flag, "comment"), (Candidate, "content")):
+        query = select(getattr(model, field)).where(col(model.message_id).in_(messages))
+        texts.update(t for (t,) in session.execute(query) if t)
+    return Erasure(set(ids), set(session.exec(messages)), texts)
+
+
+def _checkpoint_after_commit(session: Session) -> None:
+    """SQLite keeps the deleted rows' old pages in its write-ahead log: once the deletion commits, copy
+    the log into the database (whose freed space `secure_delete` zeroes) and truncate it."""
+    engine = session.get_bind()
+    if engine.dialect.name != "sqlite":
+        return
+
+    def checkpoint(_session) -> None:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    event.listen(session, "after_commit", checkpoint, once=True)
 
 
 def deleted_conversation_ids(session: Session) -> set[str]:

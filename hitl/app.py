@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from core import errors
 from core.auth import create_user
 from core.db import migrate, session_scope
 from core.models import Role, User
@@ -14,8 +15,10 @@ from core.settings import Settings, get_settings
 from evaluators import endpoints as evaluators_endpoints
 from evaluators import tasks as evaluators_tasks
 from feedback import endpoints as feedback_endpoints
+from feedback.service import ERASERS
 from hitl.ui import endpoints as ui_endpoints
 from retrain.datasets import endpoints as datasets_endpoints
+from retrain.datasets.erasure import erase as erase_from_snapshots
 from retrain.training import endpoints as retrain_endpoints
 from retrain.training.tasks import start_embedded_scheduler, stop_scheduler
 from service import endpoints as service_endpoints
@@ -48,6 +51,8 @@ def bootstrap_admin(settings: Settings) -> None:
 def create_app(backend: Backend | None = None) -> FastAPI:
     """Build the app from `HITL_*` settings; tests may pass a ready backend."""
     settings = get_settings()
+    if erase_from_snapshots not in ERASERS:
+        ERASERS.append(erase_from_snapshots)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -75,6 +80,7 @@ def create_app(backend: Backend | None = None) -> FastAPI:
         summary="Human-in-the-loop feedback and continuous improvement for chatbots.",
         lifespan=lifespan,
     )
+    errors.install(app)
     app.include_router(service_endpoints.router)
     app.include_router(evaluators_endpoints.router)
     app.include_router(ui_endpoints.router)

@@ -31,6 +31,10 @@ class Message(MessageBase, table=True):
     id: str = Field(default_factory=lambda: new_id("msg"), primary_key=True, max_length=40)
     conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=40, ondelete="CASCADE")
     position: int = Field(description="0-based index of the message in its conversation")
+    end_user: str | None = Field(default=None, index=True, max_length=200,
+                                 description="`user` of the request that logged it (may differ from the conversation's)")
+    from_client: bool = Field(default=False, description="Written by the client (an assistant turn in its history "
+                                                         "included), not by a served model")
     model_version: str | None = Field(default=None, index=True, max_length=100)
     latency_ms: float | None = None
     prompt_tokens: int | None = None
@@ -44,6 +48,7 @@ class Message(MessageBase, table=True):
 class MessagePublic(MessageBase):
     id: str
     position: int
+    from_client: bool
     model_version: str | None
     latency_ms: float | None
     prompt_tokens: int | None

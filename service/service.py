@@ -44,10 +44,10 @@ def log_exchange(
         conversation = get_conversation(session, conversation_id)
         conversation.updated_at = now
         stored = conversation_messages(session, conversation_id)
-    rows = [{"id": new_id("msg"), "role": m["role"], "content": storable(m["content"])}
+    rows = [{"id": new_id("msg"), "role": m["role"], "content": storable(m["content"]), "from_client": True}
             for m in new_messages(stored, request_messages)]
     rows.append({
-        "id": reply_id, "role": "assistant", "content": storable(generation.text),
+        "id": reply_id, "role": "assistant", "content": storable(generation.text), "from_client": False,
         "model_version": generation.model_version,
         "latency_ms": latency_ms, "prompt_tokens": generation.prompt_tokens,
         "completion_tokens": generation.completion_tokens, "mean_logprob": generation.mean_logprob,
@@ -58,7 +58,8 @@ def log_exchange(
     defaults = dict.fromkeys(("model_version", "latency_ms", "prompt_tokens", "completion_tokens", "mean_logprob",
                               "finish_reason", "params"))
     session.execute(insert(Message.__table__), [
-        {**defaults, **row, "conversation_id": conversation_id, "position": len(stored) + i, "created_at": now}
+        {**defaults, **row, "conversation_id": conversation_id, "position": len(stored) + i, "end_user": end_user,
+         "created_at": now}
         for i, row in enumerate(rows)
     ])
     session.flush()

@@ -7,6 +7,7 @@ gives the same snapshot."""
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from retrain.datasets.cleaning import near_duplicate_groups, normalize
@@ -21,26 +22,45 @@ class ExpansionError(ValueError):
 
 
 class ParaphraseCache:
-    """Append-only JSONL cache of paraphrases keyed by (model, text, variant number)."""
+    """Append-only JSONL cache of paraphrases keyed by (model, text, variant number); each record also
+    names its source text by hash, so a privacy deletion can find it (`forget`)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.items: dict[str, str] = {}
+        self.records: list[dict] = []
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 if line.strip():
                     rec = json.loads(line)
                     self.items[rec["key"]] = rec["text"]
+                    self.records.append(rec)
 
     @staticmethod
     def key(model: str, text: str, k: int) -> str:
         return hashlib.sha256(f"{model}\0{k}\0{text}".encode()).hexdigest()
 
-    def put(self, key: str, text: str) -> None:
+    @staticmethod
+    def source(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def put(self, key: str, text: str, source: str) -> None:
         self.items[key] = text
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({"key": key, "source": self.source(source), "text": text}, ensure_ascii=False) + "\n")
+
+    def forget(self, sources: set[str], texts: set[str]) -> int:
+        """Drop the paraphrases of these source texts, and any equal to one of `texts`; rewrite the file."""
+        hashes = {self.source(t) for t in sources}
+        kept = [r for r in self.records if r.get("source") not in hashes and r["text"] not in texts]
+        dropped = len(self.records) - len(kept)
+        if dropped:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+            self.records, self.items = kept, {r["key"]: r["text"] for r in kept}
+        return dropped
 
 
 def _clean(text: str) -> str:
@@ -78,7 +98,7 @@ def expand(prep: Prep, examples: list[Example], settings, cache_path: Path) -> t
                 reply = client.chat.completions.create(
                     model=model, temperature=0.9, seed=k, max_tokens=opts.paraphrase_max_tokens,
                     messages=[{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": original}])
-                cache.put(key, _clean(reply.choices[0].message.content or ""))
+                cache.put(key, _clean(reply.choices[0].message.content or ""), original)
             texts.append(prep.text(cache.items[key]))
             generated += 1
         for k, text in _distinct(original, texts):

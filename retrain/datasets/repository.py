@@ -91,7 +91,8 @@ def load_store(session: Session, as_of: datetime | None = None, served: int = 0)
     m, cv = Message.__table__, Conversation.__table__
     convs = sa.select(m.c.conversation_id).where(m.c.id.in_(targets))
     if served:
-        latest = (sa.select(m.c.id, m.c.conversation_id).where(m.c.role == "assistant", *_as_of(Message, as_of))
+        latest = (sa.select(m.c.id, m.c.conversation_id).where(m.c.role == "assistant", m.c.from_client.is_(False),
+                                                               *_as_of(Message, as_of))
                   .order_by(m.c.created_at.desc(), m.c.id.desc()).limit(served).subquery())
         store.served = list(conn.execute(sa.select(latest.c.id)).scalars())
         convs = sa.union(convs, sa.select(latest.c.conversation_id))
@@ -99,7 +100,8 @@ def load_store(session: Session, as_of: datetime | None = None, served: int = 0)
     rows = conn.execute(
         sa.select(m.c.conversation_id, m.c.id, m.c.position, m.c.role, m.c.content, m.c.finish_reason, cv.c.end_user)
         .join(cv, cv.c.id == m.c.conversation_id)
-        .where(m.c.conversation_id.in_(convs))
+        .where(m.c.conversation_id.in_(convs),  # nor what a deleted end user later wrote into others' conversations
+               sa.or_(m.c.end_user.is_(None), m.c.end_user.not_in(store.deleted_end_users)))
         .order_by(m.c.conversation_id, m.c.position)
     )
     for conv, mid, pos, role, content, finish_reason, end_user in rows:

@@ -87,3 +87,18 @@ def test_interleaved_claims_take_different_items(settings):
     thread.join(30)
     assert a_claim.message_id == "msg_race0"  # least confident first
     assert result["b"] == "msg_race1"
+
+
+def test_client_written_assistant_turns_are_not_model_output(server_with, admin_key, service_key):
+    server = server_with(REVIEW_CALIBRATION_RATE="1")  # every served reply is queued
+    with server.client(service_key) as service, server.client(admin_key) as admin, \
+            server.client(make_key("reviewer")) as r1:
+        history = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "written by the client"},
+                   {"role": "user", "content": "q2"}]
+        hitl = service.post("/v1/chat/completions", json={"messages": history, "max_tokens": 2}).json()["hitl"]
+        messages = admin.get(f"/api/conversations/{hitl['conversation_id']}").json()["messages"]
+        assert [m["from_client"] for m in messages] == [True, True, True, False]
+        assert service.post("/v1/feedback", json={"message_id": messages[1]["id"], "thumbs": "up"}).status_code == 422
+        assert r1.post("/api/review/claim").json()["message_id"] == hitl["message_id"]
+        assert r1.post(f"/api/review/items/{hitl['message_id']}/submit").status_code == 200
+        assert r1.post("/api/review/claim").status_code == 204
