@@ -12,9 +12,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from core.auth import AdminUser, ServiceUser
 from core.db import SessionDep, get_engine, session_scope
+from core.errors import database_unavailable
 from core.settings import Settings, get_settings
 from service import service
 from service.backends import Backend, BackendError, Generation, SamplingParams, Started
@@ -116,8 +118,8 @@ async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, set
         generation = await target.complete(messages, params)
     except Exception as exc:
         raise backend_failure(exc) from exc
-    if not await _stored(record, generation):
-        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, "the reply could not be stored")
+    if failure := await _stored(record, generation):
+        raise failure
     return ChatCompletion(
         id=completion_id, model=generation.model_version,
         choices=[Choice(message=AssistantMessage(content=generation.text), finish_reason=generation.finish_reason)],
@@ -146,9 +148,9 @@ async def _sse(events: AsyncIterator, first: Started, info: HitlInfo, completion
                 yield _data(chunk(completion_id, model, {"content": event}))
             elif isinstance(event, Generation):
                 finished = True
-                if not await _stored(record, event):
-                    yield _data({"error": {"message": "the reply could not be stored", "type": "server_error",
-                                           "code": 500}})
+                if failure := await _stored(record, event):
+                    yield _data({"error": {"message": failure.detail, "type": "server_error",
+                                           "code": failure.status_code}})
                     return
                 usage = {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
                          "total_tokens": event.prompt_tokens + event.completion_tokens}
@@ -166,13 +168,17 @@ async def _sse(events: AsyncIterator, first: Started, info: HitlInfo, completion
             loop.run_in_executor(None, record, partial("cancelled"))
 
 
-async def _stored(record: Callable[[Generation], None], generation: Generation) -> bool:
+async def _stored(record: Callable[[Generation], None], generation: Generation) -> HTTPException | None:
+    """None once stored; else the error to answer (503 with Retry-After while the database is unreachable)."""
     try:
         await run_in_threadpool(record, generation)
-        return True
+        return None
+    except OperationalError:
+        log.warning("could not store a chat exchange: the database is unavailable")
+        return database_unavailable()
     except Exception:
         log.exception("could not store a chat exchange")
-        return False
+        return HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, "the reply could not be stored")
 
 
 def _data(payload: dict) -> str:
