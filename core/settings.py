@@ -50,6 +50,8 @@ class Settings(BaseSettings):
         20, description="Scheduled runs need this much new feedback since the last run; else skipped.")
     retrain_config: Path | None = Field(None, description="YAML file with RetrainConfig values.")
     retrain_stale_s: int = Field(300, description="A queued run with no process this long is resumed.")
+    retrain_lease_s: float = Field(60, gt=0, description="A running run's process refreshes its heartbeat in the "
+                                   "database; one silent this long is dead: marked failed, it never blocks a new run.")
     scheduler_enabled: bool = Field(True, description="Run the retrain scheduler inside `hitl serve`.")
     gate_policy: Path | None = Field(None, description="YAML gate policy merged over evaluators/policy.yaml.")
 

@@ -27,6 +27,7 @@ from retrain.training import service as runs
 from retrain.training.config import load_config
 from retrain.training.models import FINISHED, RetrainRun, RunStatus
 from retrain.training.plan import size_stages, snapshot_plan
+from retrain.training.tasks import heartbeat
 from service import service as serving
 
 log = logging.getLogger("hitl.pipeline")
@@ -191,7 +192,8 @@ def run_pipeline(run_id: int) -> RunStatus:
                 runs.finish(session, run, RunStatus.skipped, reason="another retrain holds the lock")
             return run.status
     try:
-        return _run_locked(run_id, settings)
+        with heartbeat(run_id, settings.retrain_lease_s):
+            return _run_locked(run_id, settings)
     finally:
         lock.release()
 
@@ -205,6 +207,7 @@ def _run_locked(run_id: int, settings: Settings) -> RunStatus:
             return run.status
         resumed = run.status == RunStatus.running
         run.status, run.pid, run.artifacts_path = RunStatus.running, os.getpid(), str(out)
+        run.heartbeat_at = utcnow()
         run.log_path = run.log_path or str(out / "run.log")
         run.started_at = run.started_at or utcnow()
         timings = copy.deepcopy(run.timings or {})

@@ -48,6 +48,7 @@ class RetrainRunBase(SQLModel):
     error: str | None = Field(default=None, sa_column=Column(Text))
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    heartbeat_at: datetime | None = Field(default=None, description="Refreshed by the running run's process (its lease)")
 
 
 class RetrainRun(RetrainRunBase, table=True):

@@ -3,9 +3,8 @@ Functions take `session` first and only flush."""
 
 import json
 import logging
-import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +117,27 @@ def running_run(session: Session) -> RetrainRun | None:
                         .order_by(col(RetrainRun.id).desc())).first()
 
 
+def lease_expired(run: RetrainRun, lease_s: float) -> bool:
+    """A running run whose process has not refreshed its heartbeat within `lease_s` is dead (crashed,
+    killed): liveness comes from the database, never from a PID that a zombie or another process holds."""
+    last = utc(run.heartbeat_at or run.started_at or run.created_at)
+    return run.status == RunStatus.running and last < utcnow() - timedelta(seconds=lease_s)
+
+
+def beat(session: Session, run_id: int) -> None:
+    session.execute(sa.update(RetrainRun).where(RetrainRun.id == run_id, RetrainRun.status == RunStatus.running)
+                    .values(heartbeat_at=utcnow()))
+
+
+def expire_runs(session: Session, lease_s: float) -> list[RetrainRun]:
+    """Mark failed every running run whose lease expired."""
+    expired = [r for r in session.exec(select(RetrainRun).where(RetrainRun.status == RunStatus.running))
+               if lease_expired(r, lease_s)]
+    for run in expired:
+        finish(session, run, RunStatus.failed, error=f"no heartbeat for {lease_s:g} s: the run's process died")
+    return expired
+
+
 def finish(session: Session, run: RetrainRun, status_: RunStatus, *, error: str | None = None,
            reason: str | None = None) -> RetrainRun:
     run.status, run.finished_at = status_, utcnow()
@@ -227,18 +247,6 @@ def register_candidate(session: Session, run: RetrainRun, *, base_path: str, ada
 
 def run_dir(settings: Settings, run_id: int) -> Path:
     return (settings.data_dir / "retrain" / "runs" / str(run_id)).resolve()
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def utc(dt: datetime | None) -> datetime | None:

@@ -5,12 +5,16 @@ hitl database (`SQLAlchemyJobStore`, table `apscheduler_jobs`), so a trigger mis
 fires once at the next start-up (`coalesce=True`, `misfire_grace_time`). Each firing is tied to a *slot*
 (the cron time it serves) stored unique on the run: however many schedulers fire, one run per slot. The
 run itself holds the retrain lock (`service.RetrainLock`) while it trains, so a manual run and a scheduled
-run never overlap either.
+run never overlap either. A running run's process refreshes its heartbeat in the database (`heartbeat`); a run
+silent for `retrain_lease_s` is dead (`service.lease_expired`), whatever its PID shows.
 """
 
 import logging
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -48,7 +52,31 @@ def launch(run_id: int, wait: bool = False) -> subprocess.Popen:
                                 cwd=str(Path(__file__).resolve().parents[2]), start_new_session=True)
     if wait:
         proc.wait()
+    else:  # reap it when it exits: no zombie child
+        threading.Thread(target=proc.wait, name=f"retrain-{run_id}-reaper", daemon=True).start()
     return proc
+
+
+@contextmanager
+def heartbeat(run_id: int, lease_s: float) -> Iterator[None]:
+    """Refresh the run's heartbeat from a thread, a few times per lease, while the body runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(lease_s / 4):
+            try:
+                with session_scope() as session:
+                    service.beat(session, run_id)
+            except Exception:
+                log.exception("retrain run %s: heartbeat failed", run_id)
+
+    thread = threading.Thread(target=beat, name=f"retrain-{run_id}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def start_manual_run(config: dict | None = None, *, wait: bool = False) -> RetrainRun:
@@ -58,8 +86,9 @@ def start_manual_run(config: dict | None = None, *, wait: bool = False) -> Retra
     if service.RetrainLock(settings).held_elsewhere():
         raise RetrainBusy("a retrain is already running")
     with session_scope() as session:
+        service.expire_runs(session, settings.retrain_lease_s)
         busy = service.running_run(session)
-        if busy is not None and service.pid_alive(busy.pid):
+        if busy is not None:
             raise RetrainBusy(f"retrain run {busy.id} is already running")
         run = service.create_run(session, trigger=RunTrigger.manual, config=full, reason="manual trigger")
     launch(run.id, wait=wait)
@@ -120,7 +149,7 @@ def scheduled_retrain() -> int | None:
 
 
 def resume_interrupted(wait: bool = False) -> list[int]:
-    """Relaunch runs whose process died (status running, no live process, lock free) or that never started."""
+    """Relaunch runs whose process died (status running, lease expired, lock free) or that never started."""
     settings = get_settings()
     if service.RetrainLock(settings).held_elsewhere():
         return []
@@ -129,7 +158,7 @@ def resume_interrupted(wait: bool = False) -> list[int]:
         query = select(RetrainRun).where(col(RetrainRun.status).in_([RunStatus.running, RunStatus.queued])) \
             .order_by(col(RetrainRun.id))
         todo = [r.id for r in session.exec(query)
-                if (r.status == RunStatus.running and not service.pid_alive(r.pid))
+                if service.lease_expired(r, settings.retrain_lease_s)
                 or (r.status == RunStatus.queued and service.utc(r.created_at) < stale)]
     for run_id in todo:
         log.warning("resuming interrupted retrain run %s", run_id)
@@ -139,6 +168,12 @@ def resume_interrupted(wait: bool = False) -> list[int]:
 
 def _resume_job() -> None:
     resume_interrupted(wait=True)
+
+
+def _expire_job() -> None:
+    with session_scope() as session:
+        for run in service.expire_runs(session, get_settings().retrain_lease_s):
+            log.warning("retrain run %s failed: %s", run.id, run.error)
 
 
 def build_scheduler(settings: Settings | None = None, *, cron: str | None = None):
@@ -172,6 +207,8 @@ def start_scheduler(scheduler) -> None:
     elif str(job.trigger) != str(trigger):
         scheduler.reschedule_job(JOB_ID, trigger=trigger)
     scheduler.add_job(_resume_job, id="hitl-retrain-resume", jobstore=_memory(scheduler), replace_existing=True)
+    scheduler.add_job(_expire_job, "interval", seconds=get_settings().retrain_lease_s, id="hitl-retrain-expire",
+                      jobstore=_memory(scheduler), replace_existing=True)
     scheduler.resume()
 
 

@@ -1,5 +1,6 @@
-"""Runs end to end: the API starts a run in its own process; a killed run resumes; a crash leaves the
-champion serving; the lock keeps runs one at a time."""
+"""Runs end to end: the API starts a run in its own process; a killed run resumes, or is failed by its
+expired lease and never blocks a new one; a crash leaves the champion serving; the lock keeps runs one at a
+time."""
 
 import os
 import signal
@@ -29,6 +30,15 @@ def wait_for(run_id: int, timeout: float = 240) -> RetrainRun:
                 return run
         time.sleep(0.5)
     raise AssertionError(f"run {run_id} did not finish: {Path(run.log_path or '/dev/null').read_text()[-3000:]}")
+
+
+@pytest.fixture
+def short_lease(settings, monkeypatch):
+    """A run silent for 2 s is dead (the subprocesses inherit it)."""
+    from core.settings import get_settings
+
+    monkeypatch.setenv("HITL_RETRAIN_LEASE_S", "2")
+    get_settings.cache_clear()
 
 
 def test_api_run_trains_in_its_own_process_and_registers_a_candidate(api, settings, tmp_path):
@@ -78,7 +88,7 @@ def test_manual_run_respects_the_lock(api, settings):
     assert runs.RetrainLock(settings).held_elsewhere() is False
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(settings, tmp_path):
+def test_a_killed_run_resumes_from_its_last_checkpoint(settings, short_lease, tmp_path):
     snapshot = write_snapshot(tmp_path / "snap", train=16, eval_=0, kinds=("sft",))  # no eval: no early stop
     with session_scope() as session:
         run = runs.create_run(session, trigger="manual", config=fast_config(snapshot, steps=30, save_steps=5))
@@ -96,12 +106,41 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(settings, tmp_path):
     with session_scope() as session:
         assert session.get(RetrainRun, run.id).status == RunStatus.running  # died mid-way
 
-    assert tasks.resume_interrupted(wait=True) == [run.id]
+    deadline = time.monotonic() + 30
+    while not (resumed := tasks.resume_interrupted(wait=True)):  # once its lease expires
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert resumed == [run.id]
     run = wait_for(run.id)
     assert run.status == RunStatus.succeeded, run.error
     stage = run.metrics["stages"]["0-sft"]
     assert stage["resumed_from"].startswith("checkpoint-") and stage["steps"] == 30
     assert len(run.timings["attempts"]) == 2 and run.timings["attempts"][1]["resumed"] is True
+
+
+def test_a_killed_run_is_failed_by_its_lease_reaped_and_never_blocks_a_new_one(api, short_lease, tmp_path):
+    snapshot = write_snapshot(tmp_path / "snap", train=16, eval_=0, kinds=("sft",))
+    first = api.post("/api/retrain/runs", json={"config": fast_config(snapshot, steps=1000)}).json()["id"]
+    deadline = time.monotonic() + 120
+    while (run := runs_get(first)).heartbeat_at is None:
+        assert run.status in (RunStatus.queued, RunStatus.running) and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(run.pid, signal.SIGKILL)  # a child of this process (the server launched it)
+
+    deadline = time.monotonic() + 30
+    while (response := api.post("/api/retrain/runs", json={"config": fast_config(snapshot)})).status_code == 409:
+        assert time.monotonic() < deadline, "the killed run still blocks new runs"
+        time.sleep(0.5)
+    assert response.status_code == 202, response.text
+    killed = runs_get(first)
+    assert killed.status == RunStatus.failed and "no heartbeat" in killed.error
+    assert not Path(f"/proc/{run.pid}").exists()  # reaped, no zombie
+    assert wait_for(response.json()["id"]).status == RunStatus.succeeded
+
+
+def runs_get(run_id: int) -> RetrainRun:
+    with session_scope() as session:
+        return session.get(RetrainRun, run_id)
 
 
 def test_a_crashing_trainer_fails_the_run_and_the_champion_keeps_serving(settings, tmp_path, monkeypatch):
