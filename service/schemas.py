@@ -1,19 +1,31 @@
 """OpenAI-compatible request and response models for the chat API."""
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+
+def _encodable(text: str) -> str:
+    """JSON may carry lone surrogates (\\ud800) that no tokenizer or database accepts: refuse them here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid UTF-8: lone surrogate at position {exc.start}") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -27,18 +39,18 @@ class ChatCompletionRequest(BaseModel):
         json_schema_extra={"examples": [{"model": "hitl", "messages": [{"role": "user", "content": "Hi!"}]}]},
     )
 
-    model: str | None = Field(None, description="Ignored: the champion (or its canary) answers.")
+    model: Text | None = Field(None, description="Ignored: the champion (or its canary) answers.")
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="Sampling seed (a 64-bit integer).")
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     stream: bool = False
-    user: str | None = Field(None, max_length=200, description="End-user id, kept with the conversation.")
-    conversation_id: str | None = Field(None, max_length=40, description="Continue this logged conversation.")
+    user: Text | None = Field(None, max_length=200, description="End-user id, kept with the conversation.")
+    conversation_id: Text | None = Field(None, max_length=40, description="Continue this logged conversation.")
 
     @field_validator("stop")
     @classmethod

@@ -239,27 +239,25 @@ class _Batch:
     @classmethod
     @torch.inference_mode()
     def prefill(cls, loaded: _Loaded, requests: list[_Request]) -> "_Batch | None":
-        """Prefill new requests as one left-padded batch; refuse those whose prompt does not fit."""
+        """Prefill new requests as one left-padded batch. A request that cannot be tokenised, seeded or fit
+        in the context window fails alone, before it joins the batch."""
         tok, model, device = loaded.tokenizer, loaded.model, loaded.device
-        prompts, admitted = [], []
+        prompts, rows = [], []
         for request in requests:
-            text = tok.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-            if len(ids) + request.params.max_tokens > loaded.max_positions:
-                request.emit(BadRequest(
-                    f"prompt ({len(ids)} tokens) plus max_tokens ({request.params.max_tokens}) exceeds the "
-                    f"context window of {loaded.max_positions} tokens"))
+            try:
+                ids = _prompt_ids(loaded, request)
+                rows.append(_Row(request, len(ids), tok, loaded.version))
+            except Exception as exc:
+                request.emit(exc if isinstance(exc, BadRequest) else BadRequest(f"the request cannot be served: {exc}"))
                 continue
             prompts.append(ids)
-            admitted.append(request)
-        if not admitted:
+        if not rows:
             return None
         width = max(len(ids) for ids in prompts)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        rows = [_Row(r, len(ids), tok, loaded.version) for r, ids in zip(admitted, prompts)]
         for row in rows:
             row.request.emit(Started(loaded.version, row.prompt_tokens))
         cache = _growing_cache(model.config)
@@ -284,12 +282,19 @@ class _Batch:
         self._sample(logits)
 
     def _sample(self, logits: torch.Tensor) -> None:
-        """Sample one token per row, stream it, and drop the rows that finished."""
+        """Sample one token per row, stream it, and drop the rows that finished; a row that fails is
+        evicted alone (its request gets the error) and the others decode on."""
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         keep, tokens = [], []
         for i, row in enumerate(self.rows):
-            token = row.sample(logprobs[i])
-            if row.step(token, self.loaded.eos_ids):
+            try:
+                token = row.sample(logprobs[i])
+                running = row.step(token, self.loaded.eos_ids)
+            except Exception as exc:
+                log.exception("decoding a row failed")
+                row.request.emit(exc)
+                continue
+            if running:
                 keep.append(i)
                 tokens.append(token)
         self.tokens = tokens
@@ -331,6 +336,16 @@ class _Batch:
         for row in self.rows:
             row.request.emit(exc)
         self.rows = []
+
+
+def _prompt_ids(loaded: _Loaded, request: _Request) -> list[int]:
+    tok = loaded.tokenizer
+    text = tok.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if len(ids) + request.params.max_tokens > loaded.max_positions:
+        raise BadRequest(f"prompt ({len(ids)} tokens) plus max_tokens ({request.params.max_tokens}) exceeds the "
+                         f"context window of {loaded.max_positions} tokens")
+    return ids
 
 
 class _GrowingLayer(DynamicLayer):
