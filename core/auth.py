@@ -5,16 +5,18 @@ import hmac
 import os
 import secrets
 import time
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlmodel import Session, select
+from sqlalchemy import delete
+from sqlmodel import Session, col, select
 
 from core.db import session_scope
-from core.models import Role, User
+from core.models import RevokedSession, Role, User, utcnow
 from core.settings import get_settings
 
 bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer <key>`")
@@ -39,9 +41,10 @@ def user_for_key(session: Session, key: str) -> User | None:
 
 
 # Browser sessions (web UI): signing in with a key sets an HMAC-signed cookie naming the user and a
-# prefix of its key hash, so revoking or deactivating the key ends the session. The cookie is HttpOnly and
-# SameSite=Strict; on top of that every cookie-authenticated write must echo the CSRF token (derived from
-# the cookie) in the `X-CSRF-Token` header.
+# prefix of its key hash, so revoking or deactivating the key ends the session; signing out revokes the cookie
+# itself (`RevokedSession`). The cookie is HttpOnly, SameSite=Strict and Secure (`session_cookie_secure`); on
+# top of that every cookie-authenticated write must echo the CSRF token (derived from the cookie) in the
+# `X-CSRF-Token` header.
 SESSION_COOKIE = "hitl_session"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_MAX_AGE = 12 * 3600
@@ -95,12 +98,28 @@ def user_for_session(session: Session, token: str) -> User | None:
         return None
     if not hmac.compare_digest(signature, _sign(f"{user_id}.{key_prefix}.{issued}")):
         return None
-    if time.time() - issued_at > SESSION_MAX_AGE:
+    if time.time() - issued_at > SESSION_MAX_AGE or session.get(RevokedSession, hash_key(token)) is not None:
         return None
     user = session.get(User, user_id_int)
     if user is None or not user.active or not hmac.compare_digest(user.key_hash[:16], key_prefix):
         return None
     return user
+
+
+def revoke_session(session: Session, token: str) -> None:
+    """Sign out server-side (a copy of the cookie stops working too); forget revocations past their expiry."""
+    now = utcnow()
+    session.execute(delete(RevokedSession).where(col(RevokedSession.expires_at) < now))
+    if session.get(RevokedSession, hash_key(token)) is None:
+        session.add(RevokedSession(token_hash=hash_key(token), expires_at=now + timedelta(seconds=SESSION_MAX_AGE)))
+        session.flush()
+
+
+def secure_cookie(request: Request) -> bool:
+    """`session_cookie_secure`, by default on unless the site is served as localhost (behind an ingress the
+    request itself may be plain http)."""
+    setting = get_settings().session_cookie_secure
+    return setting if setting is not None else request.url.hostname not in ("localhost", "127.0.0.1", "::1")
 
 
 def check_csrf(request: Request, token: str) -> bool:

@@ -1,4 +1,4 @@
-"""Tables owned by the infrastructure: API users and their keys."""
+"""Tables owned by the infrastructure: API users, their keys and signed-out browser sessions."""
 
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -26,6 +26,13 @@ class User(UserBase, table=True):
     key_hash: str = Field(max_length=64, unique=True, index=True)
     active: bool = True
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class RevokedSession(SQLModel, table=True):
+    """A signed-out browser session: its cookie is refused, even replayed, until it would have expired."""
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    expires_at: datetime
 
 
 class UserPublic(UserBase):

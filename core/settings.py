@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="`json` for one structured object per line.")
     session_secret: str | None = Field(
         None, description="Signs the web UI's session cookies; generated into data_dir if unset (replicas: share it).")
+    session_cookie_secure: bool | None = Field(
+        None, description="`Secure` on the session cookie; unset: on unless the site is served as localhost.")
+    metrics_key: str | None = Field(None, description="If set, `/metrics` needs `Authorization: Bearer <metrics_key>`.")
     retrain_cron: str = Field("0 2 * * *", description="Crontab of the scheduled retrain (default nightly, 02:00).")
     retrain_timezone: str = Field("UTC", description="Time zone of retrain_cron.")
     retrain_misfire_grace_s: int = Field(

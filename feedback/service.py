@@ -43,6 +43,11 @@ def snapshot(row: Any, exclude: tuple[str, ...] = ()) -> dict:
     return row.model_dump(mode="json", exclude=set(exclude))
 
 
+def audit_user(session: Session, actor: User | None, action: str, user: User, before: dict | None = None) -> None:
+    """A key created, revoked or reactivated (`user.create`, `user.revoke`, `user.reactivate`); no key hash."""
+    audit(session, actor, action, "user", user.id, before=before, after=snapshot(user, exclude=("key_hash",)))
+
+
 def audit_page(session: Session, *, after_id: int = 0, limit: int = 100, actor_id: int | None = None,
                action: str | None = None, message_id: str | None = None) -> list[AuditEvent]:
     query = select(AuditEvent).where(AuditEvent.id > after_id)

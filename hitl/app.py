@@ -15,7 +15,7 @@ from core.settings import Settings, get_settings
 from evaluators import endpoints as evaluators_endpoints
 from evaluators import tasks as evaluators_tasks
 from feedback import endpoints as feedback_endpoints
-from feedback.service import ERASERS
+from feedback.service import ERASERS, audit_user
 from hitl.ui import endpoints as ui_endpoints
 from retrain.datasets import endpoints as datasets_endpoints
 from retrain.datasets.erasure import erase as erase_from_snapshots
@@ -26,6 +26,29 @@ from service.backends import Backend
 from service.tasks import follow_champion
 
 log = logging.getLogger("hitl")
+FRAMING = [(b"x-frame-options", b"DENY"), (b"referrer-policy", b"same-origin"), (b"x-content-type-options", b"nosniff")]
+# the web UI loads only its own scripts and styles (no inline ones); the API docs keep their CDN assets
+CSP = (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+                                   b"form-action 'self'; frame-ancestors 'none'")
+
+
+class SecurityHeaders:
+    """CSP, framing, referrer and content-type headers on every response (plain ASGI middleware)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        extra = FRAMING if scope["path"].startswith(("/docs", "/redoc")) else [*FRAMING, CSP]
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -40,7 +63,8 @@ def bootstrap_admin(settings: Settings) -> None:
     with session_scope() as session:
         if session.query(User).filter(User.role == Role.admin).first():
             return
-        _user, key = create_user(session, name="admin", role=Role.admin, key=settings.admin_key)
+        user, key = create_user(session, name="admin", role=Role.admin, key=settings.admin_key)
+        audit_user(session, None, "user.create", user)
     if not settings.admin_key:
         path = settings.data_dir / "admin.key"
         path.write_text(key + "\n")
@@ -81,6 +105,7 @@ def create_app(backend: Backend | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(SecurityHeaders)
     app.include_router(service_endpoints.router)
     app.include_router(evaluators_endpoints.router)
     app.include_router(ui_endpoints.router)

@@ -81,10 +81,12 @@ def users_create(
 ) -> None:
     """Create a user; prints its API key on the last line (shown once)."""
     from core.auth import create_user
+    from feedback.service import audit_user
 
     migrate()
     with session_scope() as session:
         user, key = create_user(session, name=name, role=role)
+        audit_user(session, None, "user.create", user)
         typer.echo(f"created {user.role} '{user.name}' (id {user.id})")
     typer.echo(key)
 

@@ -1,6 +1,7 @@
 """Thin routes: the OpenAI-compatible chat API, conversation reads and health/metrics."""
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -230,6 +231,10 @@ def readyz(request: Request, response: Response) -> dict:
             "serving": getattr(backend, "versions", [backend.version])}
 
 
-@router.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
-def metrics() -> Response:
+@router.get("/metrics", tags=["ops"], summary="Prometheus metrics (with `HITL_METRICS_KEY`: as its Bearer key)",
+            response_class=Response, responses={401: {"description": "`HITL_METRICS_KEY` is set and not sent"}})
+def metrics(request: Request, settings: SettingsDep) -> Response:
+    sent = request.headers.get("authorization", "").removeprefix("Bearer ")
+    if settings.metrics_key and not hmac.compare_digest(sent.encode(), settings.metrics_key.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "metrics key required", {"WWW-Authenticate": "Bearer"})
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -18,7 +18,8 @@ def _nice_max(value: float) -> float:
 
 def _frame(title: str, body: str, legend: list[tuple[str, str]]) -> str:
     items = "".join(
-        f'<span class="legend-item"><span class="swatch" style="background:{c}"></span>{escape(n)}</span>'
+        f'<span class="legend-item"><svg class="swatch" viewBox="0 0 10 10" aria-hidden="true">'
+        f'<rect width="10" height="10" rx="2" fill="{c}"/></svg>{escape(n)}</span>'
         for n, c in legend
     )
     legend_html = f'<div class="legend">{items}</div>' if len(legend) > 1 else ""

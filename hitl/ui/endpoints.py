@@ -17,12 +17,13 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from core.auth import (
-    SESSION_COOKIE, SESSION_MAX_AGE, AdminUser, CurrentUser, create_user, csrf_token, make_session_token,
-    user_for_key, user_for_session,
+    SESSION_COOKIE, SESSION_MAX_AGE, AdminUser, ReviewerUser, create_user, csrf_token, make_session_token,
+    revoke_session, secure_cookie, user_for_key, user_for_session,
 )
 from core.db import SessionDep
 from core.models import Role, User, UserCreated, UserPublic
 from core.settings import get_settings
+from feedback.service import audit_user, snapshot
 from hitl.ui import charts, data
 
 HERE = Path(__file__).resolve().parent
@@ -101,15 +102,17 @@ def login(request: Request, session: SessionDep, key: Annotated[str, Form()] = "
         target = "/review"
     response = RedirectResponse(target, status.HTTP_303_SEE_OTHER)
     response.set_cookie(SESSION_COOKIE, make_session_token(user), max_age=SESSION_MAX_AGE, httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https", path="/")
+                        samesite="strict", secure=secure_cookie(request), path="/")
     return response
 
 
 @router.post("/logout")
 def logout(request: Request, session: SessionDep, csrf_token_field: Annotated[str, Form(alias="csrf_token")] = ""):
     token = request.cookies.get(SESSION_COOKIE)
-    if token and user_for_session(session, token) and csrf_token_field != csrf_token(token):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
+    if token and user_for_session(session, token):
+        if csrf_token_field != csrf_token(token):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
+        revoke_session(session, token)
     response = RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -127,7 +130,7 @@ def review_page(request: Request, session: SessionDep) -> Response:
 
 
 @router.get("/ui/api/progress")
-def review_progress(session: SessionDep, user: CurrentUser) -> dict:
+def review_progress(session: SessionDep, user: ReviewerUser) -> dict:
     """The reviewer's progress counter: items submitted today and items left in the queue."""
     return data.progress(session, user)
 
@@ -244,9 +247,10 @@ def list_users(session: SessionDep, _admin: AdminUser) -> list[User]:
 
 
 @router.post("/ui/api/users", response_model=UserCreated, status_code=201)
-def add_user(body: UserCreate, session: SessionDep, _admin: AdminUser) -> UserCreated:
+def add_user(body: UserCreate, session: SessionDep, admin: AdminUser) -> UserCreated:
     """Create a user and return its key (shown once)."""
     user, key = create_user(session, name=body.name.strip(), role=body.role)
+    audit_user(session, admin, "user.create", user)
     return UserCreated(**UserPublic.model_validate(user, from_attributes=True).model_dump(), key=key)
 
 
@@ -258,7 +262,9 @@ def set_active(user_id: int, active: bool, session: SessionDep, admin: AdminUser
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
     if user.id == admin.id and not active:
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot deactivate yourself")
+    before = snapshot(user, exclude=("key_hash",))
     user.active = active
     session.add(user)
     session.flush()
+    audit_user(session, admin, "user.reactivate" if active else "user.revoke", user, before)
     return user

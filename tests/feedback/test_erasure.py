@@ -54,7 +54,8 @@ def test_deletion_leaves_no_text_anywhere(server_with, paraphraser, tmp_path, ad
     alice = ask(chat, [{"role": "user", "content": ALICE_Q}], "alice")
     conv, a1 = alice["hitl"]["conversation_id"], alice["hitl"]["message_id"]
     history = [{"role": "user", "content": ALICE_Q}, alice["choices"][0]["message"]]
-    b1 = ask(chat, [*history, {"role": "user", "content": BOB_Q}], "bob", conv)["hitl"]["message_id"]  # bob writes into alice's conversation
+    # bob writes into alice's conversation
+    b1 = ask(chat, [*history, {"role": "user", "content": BOB_Q}], "bob", conv)["hitl"]["message_id"]
     c1 = ask(chat, [{"role": "user", "content": KEPT_Q}], "carol")["hitl"]["message_id"]
     key = iter(range(100))
 

@@ -48,8 +48,11 @@ def page(browser, live_server):
     context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=live_server.url)
     page = context.new_page()
     page.set_default_timeout(30_000)  # a loaded 2-core CI box
+    blocked = []  # the UI must work under the server's Content-Security-Policy
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
     yield page
     context.close()
+    assert not blocked
 
 
 def shot(page, name: str) -> None:
