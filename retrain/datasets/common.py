@@ -1,7 +1,7 @@
 """What the three builders share: exclusion-checked contexts, redaction, reviewer consensus, lineage."""
 
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 from feedback.quality import choose_correction
@@ -42,6 +42,25 @@ class Context:
     target: str  # redacted reply
     question: str = ""  # sha256 of the normalized last user turn (see split.py)
     group: str = ""  # the question group's key (split.py), shared by near-duplicate questions
+
+
+VOTER: dict[str, Callable[[tuple], tuple]] = {  # a row's (reply, person, kind): one vote each
+    "rating": lambda r: (r[1], r[2], r[4]),  # an admin's adjudication is a kind of its own
+    "thumbs": lambda r: (r[1], r[3], r[4]),  # end users' thumbs come through their service key
+    "correction": lambda r: (r[1], r[2]),
+    "comparison": lambda r: (r[1], r[2], min(r[3], r[4]), max(r[3], r[4])),
+}
+
+
+def latest_votes(rows: Iterable[tuple], kind: str) -> list[tuple]:
+    """One vote per person per reply per kind: of the rows `VOTER[kind]` says are the same vote, only the
+    latest (highest id) counts, so repeating a rating, thumbs, correction or comparison adds nothing."""
+    latest: dict[tuple, tuple] = {}
+    for row in rows:
+        voter = VOTER[kind](row)
+        if voter not in latest or row[0] > latest[voter][0]:
+            latest[voter] = row
+    return sorted(latest.values(), key=lambda r: r[0])
 
 
 def consensus(votes: Iterable[tuple[Hashable, float]], min_agreement: float) -> tuple[Hashable | None, str | None]:
@@ -252,7 +271,7 @@ def assess(prep: Prep) -> dict[str, Assessment]:
     """Collect the votes on every reply from ratings, thumbs and corrections, then estimate the label
     of every reply with two or more reviewers by Dawid–Skene EM (counts in `prep.conflicts["consensus"]`)."""
     out: dict[str, Assessment] = defaultdict(Assessment)
-    for rid, mid, reviewer, scores, adjudicated in prep.store.ratings:
+    for rid, mid, reviewer, scores, adjudicated in latest_votes(prep.store.ratings, "rating"):
         a = out[mid]
         scores = scores or {}
         if adjudicated:
@@ -274,7 +293,7 @@ def assess(prep: Prep) -> dict[str, Assessment]:
         for dim in prep.rubric:
             if isinstance(scores.get(dim), int | float):
                 a.weighted_scores[dim].append((float(scores[dim]), w))
-    for tid, mid, value, source, user_id in prep.store.thumbs:
+    for tid, mid, value, source, user_id in latest_votes(prep.store.thumbs, "thumbs"):
         a = out[mid]
         label = "good" if value == "up" else "bad"
         if source == "reviewer":
@@ -291,7 +310,7 @@ def assess(prep: Prep) -> dict[str, Assessment]:
         else:
             a.user_votes.append((label, prep.options.end_user_weight))
             a.user_ids.append(f"thumbs:{tid}")
-    for cid, mid, reviewer, _content, _original in prep.store.corrections:
+    for cid, mid, reviewer, _content, _original in latest_votes(prep.store.corrections, "correction"):
         a = out[mid]
         w = prep.weight(reviewer)
         if w <= 0:
@@ -382,7 +401,7 @@ def resolve_corrections(prep: Prep, assessments: dict[str, Assessment] | None = 
     """
     assessments = assess(prep) if assessments is None else assessments
     by_message: dict[str, list[tuple]] = defaultdict(list)
-    for row in prep.store.corrections:
+    for row in latest_votes(prep.store.corrections, "correction"):
         by_message[row[1]].append(row)
     similarity, margin = prep.options.correction_similarity, prep.options.correction_margin
     out = {}

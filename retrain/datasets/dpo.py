@@ -4,7 +4,9 @@ two rated replies to the same context whose consensus mean scores differ by at l
 from collections import defaultdict
 
 from retrain.datasets.cleaning import normalize
-from retrain.datasets.common import Assessment, Example, Prep, consensus, lineage, mean_score, reviewer_verdict
+from retrain.datasets.common import (
+    Assessment, Example, Prep, consensus, latest_votes, lineage, mean_score, reviewer_verdict,
+)
 
 
 def _assistant(text: str) -> list[dict]:
@@ -37,7 +39,7 @@ def _from_corrections(prep: Prep, corrections: dict) -> list[Example]:
 
 def _from_comparisons(prep: Prep) -> list[Example]:
     groups: dict[tuple, list[tuple]] = defaultdict(list)
-    for row in prep.store.comparisons:
+    for row in latest_votes(prep.store.comparisons, "comparison"):
         _id, mid, _reviewer, a, b, _choice = row
         groups[(mid, min(a, b), max(a, b))].append(row)
     out = []

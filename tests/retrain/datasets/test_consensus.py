@@ -107,6 +107,43 @@ def test_a_reviewer_below_the_floor_weighs_nothing(settings, session, reliabilit
     assert prep.conflicts["consensus"]["votes_ignored_below_floor"] == 3
 
 
+def test_repeated_votes_count_once_and_the_latest_wins(settings, session, reliability):
+    """No ballot stuffing: one vote per person per reply per kind (rating, thumbs, correction, comparison)."""
+    from retrain.datasets import dpo
+
+    r1, r2, frontend = f.reviewer(session), f.reviewer(session), f.reviewer(session)
+    reliability.update({r1: 0.9, r2: 0.9})
+    _c, stuffed = f.conversation(session, "Is the sky blue?", "Yes, on a clear day.")
+    f.rate(session, stuffed[1], r1, all=5)
+    for _ in range(4):
+        f.rate(session, stuffed[1], r2, all=1)
+    _c, changed = f.conversation(session, "What is 2 + 2?", "2 + 2 = 4.")
+    f.rate(session, changed[1], r1, all=1)
+    f.rate(session, changed[1], r1, all=5)  # the reviewer changed their mind
+    _c, thumbed = f.conversation(session, "Hello", "Hi there!")
+    for value in ("down", "down", "down", "down", "up"):
+        f.thumbs(session, thumbed[1], value, user_id=frontend)
+    _c, fixed = f.conversation(session, "Capital of France?", "Lyon.")
+    f.correct(session, fixed[1], r1, "Paris.")
+    f.correct(session, fixed[1], r1, "The capital of France is Paris.")
+    _c, compared = f.conversation(session, "Name a fruit", "A car.")
+    a, b = (f.candidate(session, compared[1], text).id for text in ("An apple.", "A banana."))
+    for _ in range(3):
+        f.compare(session, compared[1], r1, a, b, "a")
+    f.compare(session, compared[1], r2, a, b, "b")
+    session.flush()
+
+    prep = Prep(load_store(session), BuildOptions(**ALL_TRAIN), RUBRIC, dict(reliability))
+    assessments = assess(prep)
+    assert reviewer_verdict(prep, assessments[stuffed[1]]) == (None, "unresolved")  # 1 good vs 1 bad
+    assert len(assessments[stuffed[1]].rating_ids) == 2
+    assert reviewer_verdict(prep, assessments[changed[1]]) == ("good", None)
+    assert assessments[thumbed[1]].user_votes == [("good", prep.options.end_user_weight)]
+    corrections = resolve_corrections(prep, assessments)
+    assert corrections[fixed[1]][0] == "The capital of France is Paris." and assessments[fixed[1]].pending is None
+    assert dpo._from_comparisons(prep) == [] and prep.conflicts["dpo"] == {"unresolved": 1}  # 1 vote each
+
+
 def test_dawid_skene_learns_a_reviewer_who_inverts_labels():
     """Four reviewers label 80 items (right 90%, 80%, 75% and 10% of the time: the last one inverts).
     With the same gold prior for all, EM learns the inverter's confusion and recovers far more labels
