@@ -24,8 +24,9 @@ from feedback.models import IdempotencyRecord
 from feedback.service import Outcome, finish_key, reserve_key
 
 IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", max_length=200,
-    description="Optional. A retry with the same key returns the first response and stores nothing twice.",
+    alias="Idempotency-Key", min_length=1, max_length=200,
+    description="Optional. A retry with the same key returns the first response and stores nothing twice; "
+    "an empty key is a 422.",
 )]
 
 

@@ -2,6 +2,7 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
+from tests.conftest import make_key
 from tests.feedback.conftest import chat
 
 
@@ -47,3 +48,25 @@ def test_concurrent_retries_store_one_row(clients, server):
     assert {r.status_code for r in responses} == {201}
     assert len({r.json()["id"] for r in responses}) == 1
     assert admin.get("/api/review/stats").json()["feedback"]["thumbs_up"] == 1
+
+
+def test_empty_key_is_refused_alone(clients, server):
+    """An empty Idempotency-Key is a 422 for its sender only; another client's writes meanwhile all succeed."""
+    service, r1, admin = clients["service"], clients["r1"], clients["admin"]
+    mid = chat(service, "hi")["message_id"]
+    keys = {"empty": service.headers["Authorization"], "valid": f"Bearer {make_key('service')}"}
+
+    def post(job):
+        kind, i = job
+        headers = {"Authorization": keys[kind], "Idempotency-Key": "" if kind == "empty" else f"k{i}"}
+        with server.client() as c:
+            body = {"message_id": mid, "thumbs": "up" if kind == "valid" else "down"}
+            return kind, c.post("/v1/feedback", json=body, headers=headers)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(post, [("empty" if i % 2 else "valid", i) for i in range(40)]))
+    assert {(kind, r.status_code) for kind, r in responses} == {("empty", 422), ("valid", 201)}
+    assert all("Idempotency-Key" in r.text for kind, r in responses if kind == "empty")
+    assert r1.post("/api/review/claim", headers={"Idempotency-Key": ""}).status_code == 422
+    feedback = admin.get("/api/review/stats").json()["feedback"]
+    assert (feedback["thumbs_up"], feedback["thumbs_down"]) == (20, 0)
