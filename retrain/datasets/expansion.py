@@ -74,14 +74,13 @@ def _clean(text: str) -> str:
 def expand(prep: Prep, examples: list[Example], settings, cache_path: Path) -> tuple[list[Example], dict]:
     """Paraphrase variants of the corrected SFT examples; returns them and a report."""
     opts = prep.options
-    base_url = opts.paraphrase_base_url or settings.remote_base_url
-    if not base_url:
-        raise ExpansionError("paraphrase expansion needs paraphrase_base_url or HITL_REMOTE_BASE_URL")
+    if not settings.remote_base_url:
+        raise ExpansionError("paraphrase expansion needs an endpoint in HITL_REMOTE_BASE_URL")
     model = opts.paraphrase_model or settings.remote_model or "default"
     import openai
 
-    client = openai.OpenAI(base_url=base_url, api_key=opts.paraphrase_api_key or settings.remote_api_key,
-                           timeout=120, max_retries=1)
+    client = openai.OpenAI(base_url=settings.remote_base_url, api_key=settings.remote_api_key, timeout=120,
+                           max_retries=1)
     cache = ParaphraseCache(cache_path)
     sources = [e for e in examples if e.row["lineage"].get("via") == "correction"]
     variants, generated = [], 0

@@ -53,12 +53,10 @@ class BuildOptions(BaseModel):
                          "distributions on them equal to the champion's, against forgetting (0 = off).")
     anchor_general: int = Field(0, ge=0, le=10_000, description="Rows of the shipped general pool "
                                 "(retrain/datasets/data/general.jsonl) added to the anchors, not trained on.")
-    paraphrases: int = Field(0, ge=0, le=10, description="Paraphrase variants per corrected prompt (0 = off).")
-    paraphrase_base_url: str | None = Field(None, description="OpenAI-compatible endpoint; default the remote "
-                                            "backend settings.")
-    paraphrase_model: str | None = None
+    paraphrases: int = Field(0, ge=0, le=10, description="Paraphrase variants per corrected prompt (0 = off), "
+                             "asked of the endpoint in HITL_REMOTE_BASE_URL (settings only, never a request).")
+    paraphrase_model: str | None = Field(None, description="Model name at that endpoint; default HITL_REMOTE_MODEL.")
     paraphrase_max_tokens: int = Field(256, ge=8, le=2048, description="Longest paraphrase asked for.")
-    paraphrase_api_key: str | None = Field(None, description="Never written to the manifest.")
 
     @model_validator(mode="after")
     def _train_keeps_a_share(self) -> "BuildOptions":

@@ -161,7 +161,7 @@ def build(session: Session, settings: Settings, options: BuildOptions | None = N
         "hash": snapshot_hash,
         "builder_version": BUILDER_VERSION,
         "created_at": (existing.created_at if existing else utcnow()).isoformat(),
-        "options": options.model_dump(mode="json", exclude={"paraphrase_api_key"}),  # no secrets on disk
+        "options": options.model_dump(mode="json"),
         "counts": counts,
         "sources": {k: dict(Counter(e.row["lineage"]["source"] for e in examples[k])) for k in KINDS},
         "via": {k: dict(Counter(e.row["lineage"].get("via", e.row["lineage"]["source"]) for e in examples[k]))

@@ -22,7 +22,7 @@ def _help(text: str, **kw) -> Any:
 
 @dataclass
 class MethodConfig:
-    """Fields every method shares. Any other TRL / TrainingArguments field goes in `extra`."""
+    """Fields every method shares. A few more TrainingArguments tuning knobs go in `extra` (EXTRA_ALLOWED)."""
 
     learning_rate: float | None = _help(
         "Peak learning rate (after warm-up); None: from the model's width and the LoRA rank (budget.py).",
@@ -62,10 +62,14 @@ class MethodConfig:
         "validation split holds other questions: once their loss stops improving, further steps learn the "
         "corrections themselves (what reviewers asked for); they are kept while the other questions stay within "
         "this of the champion.", default=0.10)
+    min_validation_rows: int = _help(
+        "Fewest validation rows that may choose: the kept checkpoint, early stopping and the search's trial. With "
+        "fewer (3 rows of a 30-question snapshot), a choice would follow noise, so the budget decides: the last "
+        "step is kept.", default=10)
     min_rows: int = _help("The plan trains this method only with at least this many train rows.", default=8)
     extra: dict[str, Any] = _help(
-        "Extra keyword arguments passed verbatim to the TRL config (e.g. {optim: adamw_torch_fused}).",
-        default_factory=dict)
+        "Extra keyword arguments passed to the TRL config (e.g. {optim: adamw_torch_fused}); only tuning knobs: "
+        "optimizer settings and seeds, never paths, uploads or hub access (EXTRA_ALLOWED).", default_factory=dict)
 
 
 @dataclass
@@ -157,6 +161,10 @@ class RetrainConfig:
 
 
 METHODS = ("sft", "dpo", "kto")
+EXTRA_ALLOWED = frozenset({  # TrainingArguments knobs that change only the numbers: no paths, uploads or network
+    "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_kwargs", "label_smoothing_factor",
+    "neftune_noise_alpha", "data_seed", "gradient_checkpointing_kwargs", "torch_empty_cache_steps",
+})
 
 
 class ConfigError(ValueError):
@@ -255,6 +263,12 @@ def validate(config: RetrainConfig) -> RetrainConfig:
                               "positive")
         if opts.keep not in ("best", "last"):
             raise ConfigError(f"{name}: keep must be 'best' or 'last'")
+        if not isinstance(opts.extra, dict):
+            raise ConfigError(f"'{name}.extra' must be a mapping")
+        for key in opts.extra:
+            if key not in EXTRA_ALLOWED:
+                raise ConfigError(f"'{name}.extra.{key}' is not allowed; extra takes only "
+                                  f"{', '.join(sorted(EXTRA_ALLOWED))}")
     if not config.search_lr_factors or min(config.search_lr_factors) <= 0:
         raise ConfigError("search_lr_factors needs at least one positive factor")
     if config.save_steps < 1 or config.logging_steps < 1:

@@ -1,6 +1,8 @@
 """The admin dataset API over real HTTP, and paraphrase expansion against a real OpenAI-compatible
 endpoint (hitl's own chat API serving the tiny model)."""
 
+import json
+
 import pytest
 
 from core.db import session_scope
@@ -56,19 +58,28 @@ def test_kto_refusal_is_a_422_naming_the_class(api):
     assert res.status_code == 422 and "undesirable (label=false)" in res.json()["detail"]
 
 
+def test_no_upstream_endpoint_or_key_from_the_api(api):
+    """The paraphrase endpoint and its key come from settings only: a request cannot send
+    HITL_REMOTE_API_KEY and the prompts elsewhere."""
+    for field in ("paraphrase_base_url", "paraphrase_api_key"):
+        res = api.post("/api/datasets", json={"paraphrases": 1, field: "http://127.0.0.1:9/v1"})
+        assert res.status_code == 422 and field in res.text
+
+
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # the database plays no part here
 def test_paraphrase_expansion(settings, live_server, api):
     from retrain.datasets import service
     from retrain.datasets.schemas import BuildOptions
 
     _seed(3, bad=False)
+    upstream = settings.model_copy(update={"remote_base_url": live_server.url + "/v1",
+                                           "remote_api_key": make_key("service")})
     opts = BuildOptions(validation_fraction=0.2, test_fraction=0.3, paraphrases=2, kinds=["sft"],
-                        paraphrase_base_url=live_server.url + "/v1",
-                        paraphrase_api_key=make_key("service"), paraphrase_model="any", paraphrase_max_tokens=16)
+                        paraphrase_model="any", paraphrase_max_tokens=16)
     with session_scope() as s:
-        snap, created = service.build(s, settings, opts)
+        snap, created = service.build(s, upstream, opts)
     report = snap.manifest["expansion"]
-    assert "paraphrase_api_key" not in snap.manifest["options"]
+    assert upstream.remote_api_key not in json.dumps(snap.manifest)
     assert report["sources"] == 3 and report["generated"] == 6
     assert report["kept_in_snapshot"] <= report["kept_after_expansion_dedup"] <= 6
     rows = {sp: service.load_split(snap.path, "sft", sp) for sp in ("train", "validation", "test")}
@@ -80,13 +91,13 @@ def test_paraphrase_expansion(settings, live_server, api):
         assert split_of_source[r["lineage"]["message_id"]] == sp  # a variant stays in its source's split
         assert r["messages"][-1]["content"].startswith("Fact number")  # same corrected answer
     with session_scope() as s:  # cached paraphrases: the rebuild is the same snapshot
-        again, created_again = service.build(s, settings, opts)
+        again, created_again = service.build(s, upstream, opts)
     assert again.hash == snap.hash and not created_again
 
     with session_scope() as s:
         try:
             service.build(s, settings, BuildOptions(paraphrases=1))
         except service.DatasetError as exc:
-            assert "paraphrase_base_url" in str(exc)
+            assert "HITL_REMOTE_BASE_URL" in str(exc)
         else:
             raise AssertionError("expansion without an endpoint must fail")

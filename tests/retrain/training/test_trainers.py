@@ -100,6 +100,24 @@ def test_config_yaml_cli_overrides_and_help(tmp_path):
     assert all(help_ for _name, _default, help_ in describe())
 
 
+def test_trainer_extra_takes_only_tuning_knobs(api):
+    """A config's `extra` reaches the TRL arguments: paths, uploads and hub access are a 422 naming the key."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from retrain.training.config import EXTRA_ALLOWED
+
+    for key, value in (("output_dir", "/tmp/elsewhere"), ("push_to_hub", True), ("hub_token", "x"),
+                       ("report_to", ["wandb"])):
+        res = api.post("/api/retrain/runs", json={"config": {"dpo": {"extra": {key: value}}}})
+        assert res.status_code == 422 and f"'dpo.extra.{key}' is not allowed" in res.json()["detail"]
+    assert api.get("/api/retrain/runs").json()["count"] == 0  # nothing started
+    knobs = {"optim": "adamw_torch", "adam_beta2": 0.95, "data_seed": 7}
+    assert load_config(data={"sft": {"extra": knobs}}).sft.extra == knobs
+    assert EXTRA_ALLOWED <= {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
 def test_plan_records_what_and_why():
     config = load_config()
     plan = make_plan({"sft": {"train": 40, "validation": 5}, "dpo": {"train": 30}, "kto": {"train": 100}}, config,
