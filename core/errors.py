@@ -28,9 +28,10 @@ async def _database_error(_request: Request, exc: OperationalError) -> JSONRespo
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
-    """FastAPI's 422 with non-ASCII escaped: the input it echoes may hold lone surrogates (\\ud800),
-    which no UTF-8 encoder accepts."""
-    body = json.dumps({"detail": jsonable_encoder(exc.errors())})
+    """FastAPI's 422 without the `input` it echoes (the request's own text, which may be huge, hold lone
+    surrogates (\\ud800) that no UTF-8 encoder accepts, or NaN, which JSON cannot carry); non-ASCII escaped."""
+    errors = [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()]
+    body = json.dumps({"detail": jsonable_encoder(errors)})
     return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
 
 

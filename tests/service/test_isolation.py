@@ -23,7 +23,7 @@ def good_body(rng: random.Random) -> dict:
 def bad_body(rng: random.Random) -> tuple[dict, str]:
     """A good body with one fault, and a word the 4xx detail must contain."""
     body, lone = good_body(rng), rng.choice(LONE_SURROGATES)
-    fault = rng.randrange(7)
+    fault = rng.randrange(8)
     if fault == 0:
         body["seed"] = 2**64 + rng.randrange(2**70)
     elif fault == 1:
@@ -36,6 +36,9 @@ def bad_body(rng: random.Random) -> tuple[dict, str]:
         body["stop"] = [lone]
     elif fault == 5:
         body["user"] = lone
+    elif fault == 6:
+        body["temperature"] = float("nan")
+        return body, "temperature"
     else:  # passes validation; the decoder refuses it when it tokenises the prompt
         body["messages"][0]["content"] = "hello " * 3000
         return body, "context window"
@@ -72,6 +75,7 @@ def test_malformed_requests_fail_alone_over_http(live_server, service_key):
     assert [r.status_code for body, r in good if not answered(r, body["stream"])] == []
     assert [(word, r.status_code, r.text[:200]) for word, r in bad
             if r.status_code != 422 or word not in json.dumps(r.json()["detail"], ensure_ascii=False)] == []
+    assert not [r.text for _word, r in bad if "NaN" in r.text or "\\ud" in r.text]  # the input is not echoed
 
 
 def test_a_failing_row_is_evicted_alone(tiny_model_dir):
