@@ -24,6 +24,31 @@ def anchor_kl(student_logits: torch.Tensor, champion_logits: torch.Tensor, label
     return F.kl_div(student, champion, log_target=True, reduction="batchmean")
 
 
+@torch.inference_mode()
+def champion_replies(model, tokenizer, anchors: list[dict], max_new_tokens: int, batch_size: int = 16) -> list[dict]:
+    """The anchors with their last reply replaced by the champion's own greedy reply (`model` before the new
+    LoRA). The KL then holds the positions greedy decoding visits: the first tokens of a short answer decide
+    whether "The capital of Kenya is Nairobi." still comes out, and a reply someone else wrote never visits
+    them. 0 `max_new_tokens`: the anchors as they are."""
+    if not anchors or max_new_tokens <= 0:
+        return anchors
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    prompts = [tokenizer.apply_chat_template(a["messages"][:-1], tokenize=False, add_generation_prompt=True)
+               for a in anchors]
+    replies: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(model.device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            replies += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return [a | {"messages": a["messages"][:-1] + [{"role": "assistant", "content": r.strip()}]}
+            for a, r in zip(anchors, replies) if r.strip()]
+
+
 def anchored(trainer_cls):
     """`trainer_cls` (an SFTTrainer) with `anchor_dataset` and `anchor_weight`: each training step adds
     `anchor_weight` × the KL on one batch of anchor rows, cycling through them."""

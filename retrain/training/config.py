@@ -82,7 +82,13 @@ class SFTOptions(MethodConfig):
     anchor_weight: float = _help(
         "Weight of a KL penalty that keeps the candidate's token distributions equal to the champion's on the "
         "snapshot's anchor rows (served replies nobody faulted), against forgetting; 0: off. Each step then "
-        "also runs one anchor batch forward twice (with and without the new LoRA) and backward once.", default=1.0)
+        "also runs one anchor batch forward twice (with and without the new LoRA) and backward once. 30 FAQ "
+        "corrections on SmolLM2 with the champion's own anchor replies: weight 1 learned 21 of 21 and flipped 37 of "
+        "92 known general answers (lost 23, gained 14); weight 3 learned 20 and flipped 26 (13 each way).",
+        default=3.0)
+    anchor_reply_tokens: int = _help(
+        "The anchors' replies are the champion's own greedy replies of at most this many tokens, made when the "
+        "stage starts (the positions greedy decoding visits); 0: the replies as stored.", default=48)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 from transformers import TrainerCallback
 
 from retrain.training import adapters, budget, hardware
-from retrain.training.anchor import anchored
+from retrain.training.anchor import anchored, champion_replies
 from retrain.training.config import DPOOptions, KTOOptions, MethodConfig, RetrainConfig, SFTOptions
 
 log = logging.getLogger(__name__)
@@ -299,6 +299,7 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
     model = adapters.load_merged(base_path, merge, dtype=model_dtype(hw, config.bf16))
     if hw.device == "cuda":
         model = model.to("cuda")
+    anchors = champion_replies(model, tokenizer, anchors, getattr(opts, "anchor_reply_tokens", 0))
     train_ds, eval_ds = to_trl_rows(method, train), to_trl_rows(method, eval_rows)
     plan = stage_budget(method, opts, tokenizer, train_ds, base_path)
     if lr_factor != 1.0:
@@ -317,7 +318,8 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
     from datasets import Dataset
 
     _, trainer_cls = trl_classes(method, hw.device)
-    keep_best = opts.keep == "best"
+    chooses = len(eval_ds) >= opts.min_validation_rows  # fewer: evaluated for the record, the budget decides
+    keep_best = opts.keep == "best" and chooses
     recorder = Recorder(out, sink, tag, opts.early_stopping_patience if eval_ds and keep_best else 0,
                         config.max_wall_s, save_best=keep_best, tolerance=opts.validation_tolerance)
     tb = TensorBoardCallback(tb_writer=SummaryWriter(str(out.parent.parent / "tb" / tag)))
@@ -359,6 +361,8 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
         "best_step": recorder.kept["step"] if recorder.kept and keep_best else step,
         "lowest_eval_loss": recorder.best if math.isfinite(recorder.best) else None,
         "evals": recorder.evals, "stopped_early": recorder.stopped_early, "underfit": underfit,
+        "kept": "best" if keep_best else ("last" if opts.keep != "best" else
+                 f"last: {len(eval_ds)} validation rows < min_validation_rows {opts.min_validation_rows}"),
         "anchor_rows": len(anchors), "tokens": tokens, "seconds": round(time.monotonic() - started, 2),
         "packing": bool(getattr(args, "packing", False)), "precision": "bf16" if args.bf16 else
         ("fp16" if args.fp16 else "fp32"),
@@ -379,7 +383,8 @@ def run_stage(method: str, config: RetrainConfig, *, base_path, merge, train, ev
     """A stage. With `search` and validation rows, a small learning-rate search: one trial per
     `config.search_lr_factors` (further trials only within `search_max_s`); the trial whose best validation loss
     is lowest becomes the stage."""
-    factors = config.search_lr_factors if search and eval_rows else [1.0]
+    factors = config.search_lr_factors if search and len(eval_rows) >= getattr(config, method).min_validation_rows \
+        else [1.0]
     common = dict(base_path=base_path, merge=merge, train=train, eval_rows=eval_rows, sink=sink, hw=hw,
                   anchors=anchors)
     if len(factors) == 1:

@@ -158,10 +158,11 @@ def test_hardware_choices_on_cpu_and_batch_probe():
         hw_mod.torch.cuda.empty_cache = original
 
 
-@pytest.mark.parametrize("keep", ["best", "last"])
+@pytest.mark.parametrize("keep", ["best", "last", "best with too few validation rows"])
 def test_keep_chooses_the_best_validation_or_the_last_step(keep, tiny_model_dir, tmp_path):
     config = load_config(data=fast_config(steps=8, save_total_limit=20))
-    config.sft.evaluations, config.sft.keep, config.sft.early_stopping_patience = 4, keep, 0
+    config.sft.evaluations, config.sft.keep, config.sft.early_stopping_patience = 4, keep.split()[0], 0
+    config.sft.min_validation_rows = 3 if "few" in keep else 2  # the split below holds 2 rows
     config.sft.validation_tolerance = 0.0
     config.sft.learning_rate = 0.1  # high enough that the eval split's best comes before the last step
     train = [ROWS["sft"](i) for i in range(8)]
@@ -173,6 +174,7 @@ def test_keep_chooses_the_best_validation_or_the_last_step(keep, tiny_model_dir,
     best_step = max(s for s, loss in evals.items() if loss <= lowest * (1 + config.sft.validation_tolerance) + 1e-6)
     assert result["best_step"] == (best_step if keep == "best" else result["steps"])
     assert best_step != result["steps"], "eval must be best before the end, else best and last are one adapter"
+    assert result["kept"] == {"best": "best", "last": "last"}.get(keep, "last: 2 validation rows < min_validation_rows 3")
     kept = load_file(tmp_path / "final" / "adapter_model.safetensors")
     step = best_step if keep == "best" else result["steps"]
     saved = load_file(tmp_path / "checkpoints" / f"checkpoint-{step}" / "adapter_model.safetensors")
@@ -218,7 +220,8 @@ def test_anchor_rows_hold_the_candidate_to_the_champion(tiny_model_dir, tmp_path
 
     def drift(weight: float) -> float:
         config = load_config(data=fast_config(steps=6, sft={"max_steps": 6, "learning_rate": 1e-2, "lora_r": 4,
-                                                            "lora_alpha": 8, "anchor_weight": weight}))
+                                                            "lora_alpha": 8, "anchor_weight": weight,
+                                                            "anchor_reply_tokens": 0}))  # the replies above
         out = tmp_path / f"w{weight}"
         result = train_stage("sft", config, base_path=tiny_model_dir, merge=[], train=train, eval_rows=[], out=out,
                              anchors=anchors)
@@ -233,6 +236,26 @@ def test_anchor_rows_hold_the_candidate_to_the_champion(tiny_model_dir, tmp_path
         train_stage("sft", load_config(data=fast_config(sft={"anchor_weight": 1.0})), base_path=tiny_model_dir,
                     merge=[], train=train, eval_rows=[dict(ROWS["sft"](99), lineage={"conversation_id": "served_0"})],
                     out=tmp_path / "leak", anchors=anchors)
+
+
+def test_anchor_replies_are_the_champions_greedy_replies(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from retrain.training.anchor import champion_replies
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    anchors = [{"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "stored reply"}],
+                "lineage": {"source": "anchor"}} for question in ("What is a wavelength", "Hello there, how are you?")]
+    replied = champion_replies(model, tok, anchors, max_new_tokens=6)
+    for anchor, row in zip(anchors, replied):
+        ids = tok.apply_chat_template(anchor["messages"][:1], add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)
+        alone = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        expected = tok.decode(alone[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        assert row["messages"][:1] == anchor["messages"][:1] and row["lineage"] == anchor["lineage"]
+        assert row["messages"][-1] == {"role": "assistant", "content": expected} != anchor["messages"][-1]
+    assert champion_replies(model, tok, anchors, max_new_tokens=0) == anchors
 
 
 def test_the_kept_evaluation_is_the_latest_within_the_tolerance(tmp_path):
