@@ -23,7 +23,7 @@ test: install
 	$(PY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
 test-fast: install
-	$(PY) -m pytest -m "not slow and not browser" -x
+	$(PY) -m pytest -m "not slow and not browser and not fuzz" -x
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

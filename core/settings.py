@@ -32,6 +32,18 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(1024, description="Largest max_tokens a request may ask for.")
     max_messages: int = Field(200, description="Largest number of messages in one chat request.")
     max_content_chars: int = Field(32_000, description="Largest message content accepted.")
+    max_parts: int = Field(1_000, description="Largest number of content parts in one chat request.")
+    max_request_chars: int = Field(128_000, description="Largest total of characters over a chat request's messages.")
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body (413), checked before it is parsed "
+                                "or the caller authenticated: by Content-Length and by counting streamed bytes.")
+    body_timeout_s: float = Field(30, gt=0, description="A request body not received within this time is a 408.")
+    rate_limit_per_s: float = Field(100, ge=0, description="Requests per second per API key (or session, or "
+                                    "anonymous client address) over time; beyond it 429 with Retry-After; 0 = no limit.")
+    rate_limit_burst: int = Field(500, ge=1, description="Requests a key may send at once before rate_limit_per_s applies.")
+    max_queued_requests: int = Field(256, ge=1, description="Chat requests waiting for the local model; beyond it 503 "
+                                     "with Retry-After.")
+    candidate_concurrency: int = Field(2, ge=1, description="Candidate generations one reviewer may run at once; "
+                                       "beyond it 429 with Retry-After.")
     max_batch_size: int = Field(8, description="Concurrent requests decoded together on the local model.")
     batch_wait_ms: float = Field(5.0, description="How long the batcher waits to fill a batch.")
     device: str | None = Field(None, description="torch device; default cuda when available, else cpu.")

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from core.auth import AdminUser, ReviewerUser
-from core.db import SessionDep
+from core.db import SessionDep, session_scope
+from core.limits import Concurrency
 from core.settings import Settings, get_settings
 from feedback import idempotency, ingest, quality, service
 from feedback.idempotency import IdempotencyKey
@@ -23,6 +24,7 @@ from feedback.schemas import (
     RatingOut, RubricOut, SkipIn, ThumbsOut,
 )
 from service.backends import Backend, SamplingParams
+from service.endpoints import backend_failure
 from service.models import MessagePublic
 
 router = APIRouter()
@@ -30,6 +32,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ITEM = "/api/review/items/{message_id}"
 NOT_HELD = {404: {"description": "Unknown message, or an item not held by the caller"},
             409: {"description": "The caller's lease expired"}}
+GENERATING = Concurrency("candidate generations")
 
 
 def _out(schema, row, **extra):
@@ -169,21 +172,27 @@ def post_comparison(message_id: str, body: ComparisonIn, request: Request, sessi
 
 
 @router.post(f"{ITEM}/candidates", response_model=list[CandidateOut], status_code=201, tags=["review"],
-             responses=NOT_HELD, summary="Generate two alternative replies from the serving model (different seeds)")
-async def post_candidates(message_id: str, request: Request, session: SessionDep, user: ReviewerUser,
-                          settings: SettingsDep, key: IdempotencyKey = None) -> Response:
-    fp = idempotency.fingerprint(request, None)
-    if key is not None:
-        stored = await run_in_threadpool(idempotency.lookup, session, user, key, fp)
+             responses={**NOT_HELD, 429: {"description": "The caller already generates `HITL_CANDIDATE_CONCURRENCY` "
+                                                         "candidate pairs"},
+                        503: {"description": "The model's queue is full, or the model is not running"}},
+             summary="Generate two alternative replies from the serving model (different seeds)")
+async def post_candidates(message_id: str, request: Request, user: ReviewerUser, settings: SettingsDep,
+                          key: IdempotencyKey = None) -> Response:
+    """No database connection is held while the model runs: the context is read, and the candidates stored,
+    each in a short session of its own."""
+    with GENERATING.slot(user.id, settings.candidate_concurrency):
+        stored, context = await run_in_threadpool(_candidate_context, user, message_id, key,
+                                                  idempotency.fingerprint(request, None))
         if stored is not None:
             return stored
-    context = await run_in_threadpool(service.candidate_context, session, user, message_id)
-    backend: Backend = request.app.state.backend
-    seeds = random.sample(range(1, 2**31 - 1), 2)
-    params = [SamplingParams(temperature=settings.temperature or 0.7, top_p=settings.top_p,
-                             max_tokens=settings.max_tokens, seed=seed) for seed in seeds]
-    # generated outside any transaction: no database lock is held while the model runs
-    generations = await asyncio.gather(*(backend.complete(context, p) for p in params))
+        backend: Backend = request.app.state.backend
+        seeds = random.sample(range(1, 2**31 - 1), 2)
+        params = [SamplingParams(temperature=settings.temperature or 0.7, top_p=settings.top_p,
+                                 max_tokens=settings.max_tokens, seed=seed) for seed in seeds]
+        try:
+            generations = await asyncio.gather(*(backend.complete(context, p) for p in params))
+        except Exception as exc:
+            raise backend_failure(exc) from exc
 
     def store() -> Response:
         def work():
@@ -192,9 +201,18 @@ async def post_candidates(message_id: str, request: Request, session: SessionDep
             return [CandidateOut(candidate_id=r.id, content=r.content, model_version=r.model_version, seed=r.seed)
                     for r in rows]
 
-        return idempotency.run(session, user, key, request, None, work, status.HTTP_201_CREATED)
+        with session_scope() as session:
+            return idempotency.run(session, user, key, request, None, work, status.HTTP_201_CREATED)
 
     return await run_in_threadpool(store)
+
+
+def _candidate_context(user, message_id: str, key: str | None, fp: str) -> tuple[Response | None, list[dict]]:
+    """The stored response of a replayed key, else the messages the candidates answer."""
+    with session_scope() as session:
+        if key is not None and (stored := idempotency.lookup(session, user, key, fp)) is not None:
+            return stored, []
+        return None, service.candidate_context(session, user, message_id)
 
 
 # ---------------------------------------------------------------------------------------------- admin

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from core import errors
 from core.auth import create_user
 from core.db import migrate, session_scope
+from core.limits import Limits
 from core.models import Role, User
 from core.settings import Settings, get_settings
 from evaluators import endpoints as evaluators_endpoints
@@ -103,8 +104,10 @@ def create_app(backend: Backend | None = None) -> FastAPI:
         version="0.1.0",
         summary="Human-in-the-loop feedback and continuous improvement for chatbots.",
         lifespan=lifespan,
+        responses=errors.RESPONSES,
     )
     errors.install(app)
+    app.add_middleware(Limits)  # inside SecurityHeaders: its answers get the headers too
     app.add_middleware(SecurityHeaders)
     app.include_router(service_endpoints.router)
     app.include_router(evaluators_endpoints.router)

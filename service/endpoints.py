@@ -52,9 +52,14 @@ def sampling(body: ChatCompletionRequest, settings: Settings) -> SamplingParams:
     )
 
 
-def check_limits(messages: list[dict], settings: Settings) -> None:
-    if len(messages) > settings.max_messages:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"at most {settings.max_messages} messages")
+def check_limits(body: ChatCompletionRequest, messages: list[dict], settings: Settings) -> None:
+    """Messages, content parts and characters per request (a 422 naming the limit)."""
+    parts = sum(len(m.content) if isinstance(m.content, list) else 1 for m in body.messages)
+    for count, limit, what in ((len(messages), settings.max_messages, "messages"),
+                               (parts, settings.max_parts, "content parts"),
+                               (sum(len(m["content"]) for m in messages), settings.max_request_chars, "characters")):
+        if count > limit:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"at most {limit} {what} per request")
     if any(len(m["content"]) > settings.max_content_chars for m in messages):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"a message exceeds {settings.max_content_chars} characters")
@@ -70,7 +75,7 @@ def route(backend: Backend, conversation_id: str, pinned_version: str | None) ->
 def backend_failure(exc: Exception) -> HTTPException:
     """Input the model cannot serve is the client's 4xx; anything else is a 5xx with a JSON detail."""
     if isinstance(exc, BackendError):
-        return HTTPException(exc.status_code, str(exc))
+        return HTTPException(exc.status_code, str(exc), exc.headers)
     log.error("model backend failed", exc_info=exc)
     return HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, f"model backend failed: {type(exc).__name__}")
 
@@ -80,7 +85,7 @@ def backend_failure(exc: Exception) -> HTTPException:
 async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, settings: SettingsDep,
                            _user: ServiceUser):
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    check_limits(messages, settings)
+    check_limits(body, messages, settings)
     params = sampling(body, settings)
     is_new = body.conversation_id is None
     pinned = None if is_new else await run_in_threadpool(_conversation_version, body.conversation_id)
@@ -216,7 +221,8 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["ops"], summary="Readiness: database reachable and model loaded")
+@router.get("/readyz", tags=["ops"], summary="Readiness: database reachable and model loaded",
+            responses={503: {"description": "Not ready: the same body, with the failing check false"}})
 def readyz(request: Request, response: Response) -> dict:
     checks = {"database": True, "model": getattr(request.app.state.backend, "ready", True)}
     try:

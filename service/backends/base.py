@@ -42,6 +42,7 @@ class BackendError(Exception):
     """A failure the API reports as `status_code` with this message as its detail."""
 
     status_code = 500
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, status_code: int | None = None):
         super().__init__(message)
@@ -59,6 +60,12 @@ class Unavailable(BackendError):
     """The model is not running (closed, still loading) or its upstream cannot be reached."""
 
     status_code = 503
+
+
+class Busy(Unavailable):
+    """Too many requests are waiting for the model: the client may retry shortly."""
+
+    headers = {"Retry-After": "1"}
 
 
 class Backend(ABC):

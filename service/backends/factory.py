@@ -15,7 +15,7 @@ def backend_for(settings: Settings, spec: Spec) -> Backend:
 
     return LocalBackend(spec.base_path, spec.version, adapter_path=spec.adapter_path, device=settings.device,
                         max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms,
-                        torch_threads=settings.torch_threads)
+                        torch_threads=settings.torch_threads, max_queued=settings.max_queued_requests)
 
 
 def build_backend(settings: Settings) -> CanaryBackend:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from service.backends.base import Backend, BadRequest, Event, Generation, SamplingParams, Started, Unavailable
+from service.backends.base import Backend, BadRequest, Busy, Event, Generation, SamplingParams, Started, Unavailable
 from service.metrics import observe_forward
 
 log = logging.getLogger(__name__)
@@ -89,12 +89,13 @@ class _Loaded:
 class LocalBackend(Backend):
     def __init__(self, base_path: str | Path, version: str, adapter_path: str | Path | None = None,
                  device: str | None = None, max_batch_size: int = 8, batch_wait_ms: float = 5.0,
-                 torch_threads: int = 0):
+                 torch_threads: int = 0, max_queued: int = 256):
         self._spec = (base_path, adapter_path, version)
         self._device = device
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
         self.torch_threads = torch_threads
+        self.max_queued = max_queued
         self._current: _Loaded | None = None
         self._swap_lock = asyncio.Lock()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
@@ -138,6 +139,8 @@ class LocalBackend(Backend):
     async def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Event]:
         if self._worker is None or not self._worker.is_alive():
             raise Unavailable(f"model {self.version} is not running")
+        if self._queue.qsize() >= self.max_queued:
+            raise Busy(f"{self.max_queued} requests are already waiting for the model; retry later")
         request = _Request(messages, params, asyncio.get_running_loop(), asyncio.Queue())
         self._queue.put(request)
         try:
