@@ -145,7 +145,7 @@ class ReviewItem(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=20)  # thumbs_down | low_confidence | calibration | gold | manual
     required_reviews: int = 1
     status: ReviewItemStatus = ReviewItemStatus.open
-    gold_scores: dict[str, int] | None = Field(default=None, sa_column=Column(JSON))
+    gold_scores: dict[str, int] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))  # SQL NULL
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -81,7 +81,11 @@ def backend_failure(exc: Exception) -> HTTPException:
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, tags=["chat"],
-             summary="OpenAI-compatible chat completion (set `stream` for SSE)")
+             summary="OpenAI-compatible chat completion (set `stream` for SSE)",
+             responses={200: {"content": {"text/event-stream": {"schema": {  # one server-sent event
+                 "type": "object", "required": ["data"], "properties": {"data": {
+                     "type": "string", "description": "With `stream`: a `chat.completion.chunk` (JSON), an `error` "
+                                                      "object (JSON) or `[DONE]`"}}}}}}})
 async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, settings: SettingsDep,
                            _user: ServiceUser):
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]

@@ -90,3 +90,17 @@ def test_agreement_matches_hand_computation(server_with, settings, admin_key, se
         assert admin.get("/api/review/adjudication").json() == []
         # the adjudication does not count as a third reviewer
         assert admin.get("/api/review/agreement").json()["dimensions"]["tone"]["alpha"] == pytest.approx(7 / 9)
+
+
+def test_adjudicating_an_unqueued_reply_leaves_it_without_gold(server_with, admin_key, service_key):
+    """An item created by an adjudication has no gold scores (on PostgreSQL it held JSON null, which `IS NOT NULL`
+    counted as gold: the agreement report and the adjudication queue answered 500)."""
+    server = server_with(REVIEW_LOW_CONFIDENCE="-1000", REVIEW_CALIBRATION_RATE="0")  # the reply is not queued
+    with server.client(service_key) as service, server.client(admin_key) as api:
+        message_id = chat(service, "Hi")["message_id"]
+        adjudicated = api.post(f"/api/review/adjudication/{message_id}",
+                               json={"scores": {"correctness": 3, "helpfulness": 3, "tone": 3}})
+        assert adjudicated.status_code == 201, adjudicated.text
+        assert api.get("/api/review/agreement").status_code == 200
+        assert api.get("/api/review/adjudication").status_code == 200
+        assert api.get("/api/review/stats").json()["queue"]["gold"] == 0
