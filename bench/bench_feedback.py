@@ -229,7 +229,7 @@ def main() -> None:
             for name in results:
                 url = targets.get(name, targets["sqlite"])
                 env = {"HITL_DATABASE_URL": url, "HITL_DATA_DIR": f"{tmp.name}/{name}",
-                       "HITL_SCHEDULER_ENABLED": "false"}
+                       "HITL_SCHEDULER_ENABLED": "false", "HITL_RATE_LIMIT_PER_S": "0"}  # one key, >100 writes/s
                 port_ids = ids.get(name, ids["sqlite"])
                 with Server("bare" if name == "bare" else "app", env) as server:
                     reqs = requests(port_ids, args.down_share, args.idempotency, server.port)

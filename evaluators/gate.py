@@ -61,7 +61,7 @@ def decide(results: list[EvalResult], policy: dict) -> tuple[str, list[str]]:
 
     A required gate that failed fails the candidate; one that did not decide (too little data, missing data,
     not run) leaves it without evidence; one that does not apply is skipped. An optional gate that ran and
-    failed fails it too (judge only when trusted; fewshot never)."""
+    failed fails it too (judge only when trusted), unless the policy lists it as `informative`."""
     by_name = {r.name: r for r in results}
     failed, missing = [], []
     for name in policy["required"]:
@@ -75,7 +75,7 @@ def decide(results: list[EvalResult], policy: dict) -> tuple[str, list[str]]:
         elif result.passed is None or result.evidence == INSUFFICIENT:
             missing.append(_missing(result))
     for result in results:
-        if result.name not in policy["required"] and result.passed is False and result.name != "fewshot":
+        if result.name not in policy["required"] + policy.get("informative", []) and result.passed is False:
             failed.append(_failure(result))
     if failed:
         return FAILED, failed + missing

@@ -122,7 +122,7 @@ def validate(policy: dict) -> None:
     """Every gate section parses; every required / enabled evaluator is known."""
     for name in SECTIONS:
         section(name, policy.get(name))
-    for key in ("required", "evaluators"):
+    for key in ("required", "evaluators", "informative"):
         unknown = [n for n in policy.get(key, []) if n not in SECTIONS]
         if unknown:
             raise ValueError(f"gate policy: unknown evaluator(s) in '{key}': {', '.join(unknown)}")

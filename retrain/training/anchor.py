@@ -35,18 +35,19 @@ def champion_replies(model, tokenizer, anchors: list[dict], max_new_tokens: int,
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     prompts = [tokenizer.apply_chat_template(a["messages"][:-1], tokenize=False, add_generation_prompt=True)
                for a in anchors]
-    replies: list[str] = []
+    unique = list(dict.fromkeys(prompts))  # a repeated prompt is decoded once
+    replies: dict[str, str] = {}
     try:
-        for start in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(model.device)
+        for start in range(0, len(unique), batch_size):
+            batch = unique[start:start + batch_size]
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            replies += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            replies |= zip(batch, tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
     finally:
         tokenizer.padding_side = side
-    return [a | {"messages": a["messages"][:-1] + [{"role": "assistant", "content": r.strip()}]}
-            for a, r in zip(anchors, replies) if r.strip()]
+    return [a | {"messages": a["messages"][:-1] + [{"role": "assistant", "content": replies[p].strip()}]}
+            for a, p in zip(anchors, prompts)]  # an empty reply still holds where the champion stops
 
 
 def anchored(trainer_cls):

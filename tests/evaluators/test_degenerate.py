@@ -108,7 +108,7 @@ def trained(tiny_model_dir, tmp_path_factory) -> dict:
     # a sound candidate: two new facts (replaying the known ones); its 2 test rows ask the new ones again with a
     # system prompt (other rows than the train split), where it does better than the champion
     new = [_sft(q, a, f"new-{i}") for i, (q, a) in enumerate(NEW)]
-    out["thin"] = candidate("thin", "sft", facts + new, 40, 1e-2)
+    out["thin"] = candidate("thin", "sft", facts + new, 5, 1e-4)  # barely moves: 40 steps at 1e-2 lost facts on some CPUs
     held = [dict(row, messages=[*SYSTEM, *row["messages"]]) for row in new]
     out["thin_snapshot"] = _snapshot(root / "snap-thin", sft_train=facts + new, sft_test=held)
     return out
@@ -195,7 +195,8 @@ def test_two_row_eval_set_is_insufficient_evidence_naming_heldout(settings, tiny
     heldout = results["heldout"]
     assert heldout["n"] == 2 and heldout["min_n"] == 5 and heldout["passed"] is None, heldout
     assert heldout["evidence"] == "insufficient"
-    assert results["forgetting"]["passed"] is not False and results["cumulative"]["passed"] is not False
+    assert results["forgetting"]["passed"] is not False and results["cumulative"]["passed"] is not False, (
+        results["forgetting"]["note"], results["cumulative"]["note"])
     assert report["decision"] == "insufficient_evidence" and not report["passed"], report["reasons"]
     assert any(r.startswith("heldout: insufficient evidence; has 2, needs 5") for r in report["reasons"])
     with session_scope() as s:

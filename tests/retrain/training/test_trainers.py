@@ -247,7 +247,9 @@ def test_anchor_replies_are_the_champions_greedy_replies(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     anchors = [{"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "stored reply"}],
                 "lineage": {"source": "anchor"}} for question in ("What is a wavelength", "Hello there, how are you?")]
+    anchors.append(anchors[0])  # a repeated prompt gets the same reply
     replied = champion_replies(model, tok, anchors, max_new_tokens=6)
+    assert len(replied) == 3 and replied[2] == replied[0]
     for anchor, row in zip(anchors, replied):
         ids = tok.apply_chat_template(anchor["messages"][:1], add_generation_prompt=True, return_tensors="pt",
                                       return_dict=True)
