@@ -72,6 +72,7 @@ def test_the_search_keeps_the_trial_with_the_lowest_validation_loss_within_its_t
     from retrain.training.trainers import run_stage
 
     config = load_config(data=fast_config(steps=2, search_lr_factors=[1.0, 0.25], search_max_s=max_s))
+    config.sft.min_validation_rows = 1  # the one validation row below may choose
     train = [ROWS["sft"](i) for i in range(8)]
     result = run_stage("sft", config, base_path=tiny_model_dir, merge=[], train=train,
                        eval_rows=[ROWS["sft"](100)], out=tmp_path, search=True)
