@@ -18,6 +18,7 @@ DECISIONS = {"promoted", "rejected", "insufficient_evidence"}
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~15 min on 2 cores: the 12 corrections train their whole budget (no early stop)
 def test_demo_quick_runs_the_whole_loop(tmp_path, smollm2_dir):
     data_dir = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HITL_")}

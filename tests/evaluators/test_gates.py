@@ -84,7 +84,7 @@ def test_candidate_trained_on_flipped_labels_is_rejected_and_champion_keeps_serv
     results = {r["name"]: r for r in report["results"]}
     assert not report["passed"] and report["decision"] == "rejected"
     assert results["preference"]["passed"] is False and results["preference"]["value"] == 0.0
-    assert results["heldout"]["passed"] is False and results["heldout"]["value"] < 0
+    assert results["heldout"]["value"] < 0  # worse on unseen questions; reported, no bound by default
     assert any(r.startswith("preference:") for r in report["reasons"])
     with session_scope() as s:
         assert s.get(ModelAlias, "champion").version == "base"
