@@ -183,9 +183,9 @@ async def _stored(record: Callable[[Generation], None], generation: Generation) 
     try:
         await run_in_threadpool(record, generation)
         return None
-    except OperationalError:
-        log.warning("could not store a chat exchange: the database is unavailable")
-        return database_unavailable()
+    except OperationalError as exc:
+        log.warning("could not store a chat exchange: %s", exc.orig or exc)
+        return database_unavailable(exc)
     except Exception:
         log.exception("could not store a chat exchange")
         return HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, "the reply could not be stored")
@@ -237,8 +237,11 @@ def readyz(request: Request, response: Response) -> dict:
     ok = all(checks.values())
     response.status_code = status.HTTP_200_OK if ok else status.HTTP_503_SERVICE_UNAVAILABLE
     backend = request.app.state.backend
-    return {"status": "ready" if ok else "not ready", "checks": checks, "model_version": backend.version,
+    body = {"status": "ready" if ok else "not ready", "checks": checks, "model_version": backend.version,
             "serving": getattr(backend, "versions", [backend.version])}
+    if fleet := getattr(getattr(backend, "champion", backend), "fleet", None):  # HITL_BACKEND=vllm
+        body["replicas"], body["refused"] = fleet.status(), fleet.refused
+    return body
 
 
 @router.get("/metrics", tags=["ops"], summary="Prometheus metrics (with `HITL_METRICS_KEY`: as its Bearer key)",

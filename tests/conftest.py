@@ -57,7 +57,8 @@ def smollm2_dir() -> Path:
 def postgres_database() -> Iterator[str]:
     """One throw-away PostgreSQL database for the whole test session."""
     name = f"hitl_test_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # pre-ping: the fault suite restarts the cluster, which ends this engine's pooled connection
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
