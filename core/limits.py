@@ -17,6 +17,7 @@ from fastapi import HTTPException, status
 from core.settings import get_settings
 
 UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapers are never rate limited
+IMPORT_PATHS = ("/api/import",)  # bodies bounded by `max_import_bytes` instead of `max_body_bytes`
 # what any JSON body that holds NaN, Infinity, a lone surrogate (escaped, or raw bytes that json.loads lets pass)
 # or a number beyond 64 bits contains
 SUSPECT = re.compile(rb"NaN|Infinity|\\u|\xed|\d{19}|[eE][+-]?\d{3}")
@@ -61,9 +62,9 @@ class Limits:
         settings = get_settings()
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return await _answer(send, status.HTTP_413_CONTENT_TOO_LARGE,
-                                 f"the request body exceeds {settings.max_body_bytes} bytes")
+        largest = settings.max_import_bytes if scope["path"] in IMPORT_PATHS else settings.max_body_bytes
+        if length is not None and (not length.isdigit() or int(length) > largest):
+            return await _answer(send, status.HTTP_413_CONTENT_TOO_LARGE, f"the request body exceeds {largest} bytes")
         if settings.rate_limit_per_s and not scope["path"].startswith(UNLIMITED_PATHS):
             wait = self.rates.take(_caller(scope, headers), settings.rate_limit_per_s, settings.rate_limit_burst)
             if wait:
@@ -71,14 +72,14 @@ class Limits:
                                      math.ceil(wait))
         if length is not None or b"transfer-encoding" in headers:
             try:
-                body = await asyncio.wait_for(_read_body(receive, settings.max_body_bytes), settings.body_timeout_s)
+                body = await asyncio.wait_for(_read_body(receive, largest), settings.body_timeout_s)
             except BodyTooLarge:
-                return await _answer(send, status.HTTP_413_CONTENT_TOO_LARGE,
-                                     f"the request body exceeds {settings.max_body_bytes} bytes")
+                return await _answer(send, status.HTTP_413_CONTENT_TOO_LARGE, f"the request body exceeds {largest} bytes")
             except TimeoutError:
                 return await _answer(send, status.HTTP_408_REQUEST_TIMEOUT,
                                      f"the request body was not received within {settings.body_timeout_s:g} s")
-            if b"json" in headers.get(b"content-type", b"") and (problem := json_problem(body)):
+            if (b"json" in headers.get(b"content-type", b"") and scope["path"] not in IMPORT_PATHS  # checked per line
+                    and (problem := json_problem(body))):
                 return await _answer(send, status.HTTP_422_UNPROCESSABLE_CONTENT, f"the JSON body holds {problem}")
             receive = _replay(body, receive)
         await self.app(scope, receive, send)

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     max_request_chars: int = Field(128_000, description="Largest total of characters over a chat request's messages.")
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body (413), checked before it is parsed "
                                 "or the caller authenticated: by Content-Length and by counting streamed bytes.")
+    max_import_bytes: int = Field(268_435_456, gt=0, description="Largest body of `POST /api/import` (413): "
+                                  "a JSONL file of logs.")
     body_timeout_s: float = Field(30, gt=0, description="A request body not received within this time is a 408.")
     rate_limit_per_s: float = Field(100, ge=0, description="Requests per second per API key (or session, or "
                                     "anonymous client address) over time; beyond it 429 with Retry-After; 0 = no limit.")

@@ -5,22 +5,24 @@ Every POST accepts `Idempotency-Key`. Reviewers act only on items they hold (oth
 """
 
 import asyncio
+import dataclasses
 import random
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from core.auth import AdminUser, ReviewerUser
 from core.db import SessionDep, session_scope
 from core.limits import Concurrency
 from core.settings import Settings, get_settings
-from feedback import idempotency, ingest, quality, service
+from feedback import idempotency, imports, ingest, quality, service
 from feedback.idempotency import IdempotencyKey
 from feedback.models import ReviewClaimStatus, ReviewItem
 from feedback.schemas import (
     AdjudicationIn, AuditOut, AuditPage, CandidateOut, ClaimOut, ClaimStateOut, CommentIn, CommentOut, ComparisonIn,
-    ComparisonOut, CorrectionIn, CorrectionOut, DeletionOut, FeedbackIn, FlagIn, FlagOut, GoldIn, RatingIn,
+    ComparisonOut, CorrectionIn, CorrectionOut, DeletionOut, FeedbackIn, FlagIn, FlagOut, GoldIn, ImportOut, RatingIn,
     RatingOut, RubricOut, SkipIn, ThumbsOut,
 )
 from service.backends import Backend, SamplingParams
@@ -276,3 +278,50 @@ def delete_conversation(conversation_id: str, session: SessionDep, admin: AdminU
                summary="Delete all conversations of an end user (the chat `user` field); excluded forever")
 def delete_end_user(end_user: str, session: SessionDep, admin: AdminUser) -> DeletionOut:
     return _out(DeletionOut, service.delete_end_user(session, admin, end_user))
+
+
+# ---------------------------------------------------------------------------------------------- import
+
+NDJSON = ("application/x-ndjson", "application/jsonl", "application/json-lines", "application/x-jsonlines")
+IMPORT_BODY = {"required": True, "content": {
+    **{t: {"schema": {"type": "string", "description": "One JSON record per line"}} for t in NDJSON[:1]},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+}}
+
+
+@router.post("/api/import", response_model=ImportOut, tags=["import/export"], openapi_extra={"requestBody": IMPORT_BODY},
+             summary="Import existing chat logs: OpenAI chat-format JSONL or Langfuse traces (admin)",
+             responses={415: {"description": "Not `application/x-ndjson` (or `application/jsonl`) nor a multipart "
+                                             "file upload"},
+                        422: {"description": "Unknown `format`, no `file` field in a multipart body, or no line "
+                                             "could be imported (the first errors are named)"}})
+async def import_logs(request: Request, admin: AdminUser, settings: SettingsDep,
+                      fmt: Annotated[Literal["auto", "openai", "langfuse"], Query(
+                          alias="format", description="Record format; `auto` detects it per line")] = "auto",
+                      ) -> ImportOut:
+    """Send the file as the body (`Content-Type: application/x-ndjson`) or as the multipart field `file`.
+    Formats and their fields: see `feedback/imports.py` and the README. Every assistant reply is imported
+    as a reviewable reply of the record's `model`, its conversation marked with its source; replies enter the
+    review queue by the usual priorities. The same record imports once (stable key). Bad lines are skipped
+    and reported by number; the body size is bounded by `HITL_MAX_IMPORT_BYTES`."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "a multipart import needs its file in the "
+                                                                       "field 'file'")
+        data = await upload.read()
+    elif ctype in NDJSON:
+        data = await request.body()
+    else:
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                            f"send JSON lines as {NDJSON[0]} (or a multipart field 'file'), not {ctype or 'no type'}")
+    report = await run_in_threadpool(imports.run, data.splitlines(), admin.id, settings, fmt)
+    if not report.lines:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the import holds no records")
+    if report.error_count == report.lines:
+        named = "; ".join(f"line {e['line']}: {e['error']}" for e in report.errors[:5])
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"no line could be imported: {named}")
+    return ImportOut(**dataclasses.asdict(report))

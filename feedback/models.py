@@ -203,3 +203,20 @@ class IdempotencyRecord(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
     __table_args__ = (UniqueConstraint("user_id", "key", name="uq_idempotency_user_key"),)
+
+
+# ---------------------------------------------------------------------------------------------- imports
+
+
+class ImportedConversation(SQLModel, table=True):
+    """The import ledger: one row per imported log record, keyed by a stable hash of the record (or of its
+    source id). It marks the conversation's source and makes an import idempotent. It has no foreign key
+    and holds no text, so it outlives a privacy deletion: the same file imported again never brings the
+    deleted conversation back."""
+
+    key: str = Field(primary_key=True, max_length=64, description="sha256 of the source and the record (or its id)")
+    source: str = Field(max_length=20, index=True, description="openai | langfuse")
+    conversation_id: str = Field(max_length=40, index=True)
+    line: int = Field(description="Line of the record in its file")
+    imported_by: int | None = Field(default=None, foreign_key="user.id")
+    created_at: datetime = Field(default_factory=utcnow)

@@ -194,3 +194,26 @@ class AuditPage(BaseModel):
     data: list[AuditOut]
     count: int
     next_after_id: int | None = Field(description="Pass as `after_id` for the next page; null at the end.")
+
+
+class ImportLineError(BaseModel):
+    line: int = Field(description="1-based line number in the file")
+    error: str
+
+
+class ImportOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "lines": 3, "conversations": 1, "replies": 1, "thumbs": 1, "ratings": 0, "queued": 1, "duplicates": 1,
+        "skipped_deleted": 0, "by_source": {"openai": 1}, "errors": [{"line": 3, "error": "not valid JSON: ..."}],
+        "error_count": 1}]})
+    lines: int = Field(description="Non-empty lines read")
+    conversations: int = Field(description="Conversations imported now")
+    replies: int = Field(description="Assistant replies imported (each reviewable)")
+    thumbs: int
+    ratings: int
+    queued: int = Field(description="Replies put in the review queue (thumbs-down, calibration sample)")
+    duplicates: int = Field(description="Records whose key was imported before (this file or an earlier one)")
+    skipped_deleted: int = Field(description="Records of end users deleted for privacy")
+    by_source: dict[str, int] = Field(description="Conversations imported per format (openai, langfuse)")
+    errors: list[ImportLineError] = Field(description="Bad lines (the first 1000), each skipped alone")
+    error_count: int
