@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -272,24 +273,30 @@ def test_disk_full_is_a_clear_503_and_the_store_stays_consistent(settings, small
     replies = iter(seed_replies(400, "d"))
     answers: list[tuple[str, int, str, str | None]] = []
     acked: list[int] = []
+    acked_builds: list[int] = []
+    as_of: list[str] = []
 
     def attempt(http: httpx.Client, kind: str) -> int:
         if kind == "feedback":
-            response = http.post("/v1/feedback", json={"message_id": next(replies), "thumbs": "down",
+            response = http.post("/v1/feedback", json={"message_id": next(replies), "thumbs": ("up", "down")[len(answers) % 2],
                                                        "comment": "too short " * 20})
         elif kind == "chat":
             response = http.post("/v1/chat/completions", json={
                 "messages": [{"role": "user", "content": "Hello " * 20}], "max_tokens": 4, "temperature": 0})
-        else:
-            response = http.post("/api/datasets", json={})
+        else:  # the first build takes all feedback; the later ones a new content: the first 10 only
+            response = http.post("/api/datasets", json={"as_of": as_of[0]} if acked_builds else {})
         answers.append((kind, response.status_code, response.text, response.headers.get("retry-after")))
         if kind == "feedback" and response.status_code == 201:
             acked.append(response.json()["id"])
+        if kind == "dataset" and response.status_code == 201:
+            acked_builds.append(response.json()["id"])
         return response.status_code
 
     with LiveServer(create_app()) as server, server.client(service) as http, server.client(admin) as api:
-        for _ in range(20):
+        for i in range(20):
             assert attempt(http, "feedback") == 201
+            if i == 9:
+                as_of.append(datetime.now(UTC).isoformat())
         assert attempt(api, "dataset") == 201
         fill(small_disk / "filler")
         before = len(answers)
@@ -318,7 +325,8 @@ def test_disk_full_is_a_clear_503_and_the_store_stays_consistent(settings, small
         from retrain.datasets.models import DatasetSnapshot
 
         snapshots = list(s.exec(select(DatasetSnapshot)))
-    assert len(snapshots) == 2 and all((Path(x.path) / "manifest.json").is_file() for x in snapshots)
+    assert sorted(x.id for x in snapshots) == sorted(acked_builds) and len(acked_builds) == 2
+    assert all((Path(x.path) / "manifest.json").is_file() for x in snapshots)
     assert not list((small_disk / "var" / "datasets").glob(".tmp-*"))  # no half-written snapshot left
     engine.dispose()
     engine_for.cache_clear()
