@@ -115,5 +115,6 @@ def create_app(backend: Backend | None = None) -> FastAPI:
     app.mount("/ui/static", ui_endpoints.static, name="ui-static")
     app.include_router(feedback_endpoints.router)
     app.include_router(datasets_endpoints.router)
+    app.include_router(datasets_endpoints.export_router)
     app.include_router(retrain_endpoints.router)
     return app

@@ -18,6 +18,7 @@ app = typer.Typer(help="hitl: human-in-the-loop feedback and continuous improvem
 app.add_typer(service_cli.app, name="model")
 app.add_typer(evaluators_cli.app, name="models")
 app.command("eval")(evaluators_cli.eval_command)
+app.command("export")(datasets_cli.export_command)
 app.command("import")(feedback_cli.import_command)
 app.add_typer(feedback_cli.app, name="review")
 app.add_typer(datasets_cli.app, name="dataset")

@@ -1,6 +1,9 @@
-"""`hitl dataset build|show|list`. `list` prints per kind train/validation/test row counts."""
+"""`hitl dataset build|show|list`. `list` prints per kind train/validation/test row counts. `hitl export`: the
+feedback store as training data."""
 
 import json
+from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -80,3 +83,41 @@ def list_() -> None:
         for snap in service.list_snapshots(session):
             counts = " ".join(f"{k}=" + "/".join(str(v.get(s, 0)) for s in SPLITS) for k, v in snap.counts.items())
             typer.echo(f"{snap.id}\t{snap.hash[:12]}\t{snap.created_at:%Y-%m-%d %H:%M}\t{counts}")
+
+
+def export_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (default hitl-export.<format>).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or parquet.")] = "jsonl",
+    since: Annotated[datetime | None, typer.Option(help="Replies written at or after (ISO 8601, UTC if naive).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Replies written before (ISO 8601, UTC if naive).")] = None,
+    model_version: Annotated[list[str] | None, typer.Option(help="Replies of this version (repeat).")] = None,
+    kind: Annotated[list[str] | None, typer.Option(
+        help="Replies with feedback of this kind: ratings, thumbs, corrections, comparisons, flags, comments, "
+             "or imported (repeat).")] = None,
+    reviewer: Annotated[list[int] | None, typer.Option(help="Replies with feedback by this user id (repeat).")] = None,
+) -> None:
+    """Export the feedback store as training data (`GET /api/export` from the command line).
+
+    One reviewed or imported reply per row: the conversation before it (`prompt`), the reply (`completion`), the
+    model version, every rating, thumbs, correction, comparison, flag and comment with its reviewer id and
+    reliability, and the consensus label. Deleted conversations and end users never appear. Load it with
+    `datasets.load_dataset("json" | "parquet", data_files=FILE)`; the schema is in the README."""
+    from retrain.datasets import export
+
+    if fmt not in export.FORMATS:
+        raise typer.BadParameter(f"one of {', '.join(export.FORMATS)}", param_hint="--format")
+    unknown = sorted(set(kind or ()) - set(export.KINDS))
+    if unknown:
+        raise typer.BadParameter(f"unknown {unknown}; one of {', '.join(export.KINDS)}", param_hint="--kind")
+    migrate()
+    where = export.ExportFilter(since=since, until=until, model_versions=model_version or None, kinds=kind or None,
+                                reviewers=reviewer or None)
+    with session_scope() as session:
+        rows = export.export_rows(session, get_settings(), where)
+    output = output or Path(f"hitl-export.{fmt}")
+    if fmt == "parquet":
+        output.write_bytes(export.parquet(rows))
+    else:
+        with open(output, "wb") as f:
+            f.writelines(export.jsonl(rows))
+    typer.echo(f"exported {len(rows)} replies to {output}")

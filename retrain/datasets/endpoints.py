@@ -1,18 +1,25 @@
-"""Admin routes: build a snapshot, read its manifest, list snapshots."""
+"""Admin routes: build a snapshot, read its manifest, list snapshots, download its files; export the feedback store."""
 
-from typing import Annotated
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, StreamingResponse
 
 from core.auth import AdminUser
 from core.db import SessionDep
 from core.settings import Settings, get_settings
-from retrain.datasets import service
+from retrain.datasets import export, service
 from retrain.datasets.models import DatasetSnapshotPublic, DatasetsPublic
 from retrain.datasets.schemas import BuildOptions, SnapshotCreated
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
+export_router = APIRouter(tags=["import/export"])
+SNAPSHOT_FILE = re.compile(r"(sft|dpo|kto)\.(train|validation|test|anchor)\.(jsonl|parquet)|manifest\.json")
+FILE_TYPES = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet", "json": "application/json"}
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
@@ -50,3 +57,45 @@ def get_dataset(snapshot_id: int, session: SessionDep, _admin: AdminUser) -> dic
     if snap is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dataset snapshot {snapshot_id}")
     return {"id": snap.id, "hash": snap.hash, "path": snap.path, "created_at": snap.created_at, **snap.manifest}
+
+
+@router.get("/{snapshot_id}/files/{name}", response_class=FileResponse, responses={
+    200: {"description": "The file", "content": {t: {} for t in FILE_TYPES.values()}},
+    404: {"description": "No such snapshot, or no such file in it"}})
+def download_file(snapshot_id: int, name: str, session: SessionDep, _admin: AdminUser) -> FileResponse:
+    """One file of a snapshot: `<kind>.<split>.jsonl` or `.parquet` (kind sft, dpo, kto; split train, validation,
+    test, or anchor for sft), or `manifest.json`. The manifest lists the files with their row counts."""
+    snap = service.get_snapshot(session, snapshot_id)
+    if snap is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dataset snapshot {snapshot_id}")
+    path = Path(snap.path) / name
+    if not SNAPSHOT_FILE.fullmatch(name) or not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"snapshot {snapshot_id} has no file '{name}'")
+    return FileResponse(path, media_type=FILE_TYPES[name.rsplit(".", 1)[1]], filename=f"snapshot-{snapshot_id}-{name}")
+
+
+@export_router.get("/api/export", response_class=StreamingResponse, responses={
+    200: {"description": "JSON lines (one reply per line) or a Parquet file; the schema is in the README",
+          "content": {t: {} for t in export.MEDIA_TYPES.values()}},
+    422: {"description": "A bad filter (unknown format or kind, a time that is not ISO 8601)"}})
+def export_feedback(
+    session: SessionDep, settings: SettingsDep, _admin: AdminUser,
+    fmt: Annotated[Literal["jsonl", "parquet"], Query(alias="format")] = "jsonl",
+    since: Annotated[datetime | None, Query(description="Replies written at or after (ISO 8601; UTC if naive)")] = None,
+    until: Annotated[datetime | None, Query(description="Replies written before (ISO 8601; UTC if naive)")] = None,
+    model_version: Annotated[list[str] | None, Query(description="Replies of these versions (repeat)")] = None,
+    kind: Annotated[list[Literal[export.KINDS]] | None, Query(
+        description="Replies with feedback of these kinds, or imported (repeat)")] = None,
+    reviewer: Annotated[list[int] | None, Query(description="Replies with feedback by these user ids (repeat)")] = None,
+) -> Response:
+    """The feedback store as training data: one reviewed or imported reply per row with its conversation, model
+    version, every rating, thumbs, correction, comparison, flag and comment (reviewer id and reliability) and the
+    consensus label; deleted conversations and end users never appear. Loads unchanged with
+    `datasets.load_dataset("json" | "parquet", data_files=...)`."""
+    where = export.ExportFilter(since=since, until=until, model_versions=model_version, kinds=kind, reviewers=reviewer)
+    rows = export.export_rows(session, settings, where)
+    name = f"hitl-export.{fmt}"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"', "X-Export-Rows": str(len(rows))}
+    if fmt == "parquet":
+        return Response(export.parquet(rows), media_type=export.MEDIA_TYPES[fmt], headers=headers)
+    return StreamingResponse(export.jsonl(rows), media_type=export.MEDIA_TYPES[fmt], headers=headers)

@@ -58,9 +58,10 @@ def _as_of(model, as_of: datetime | None):
     return [model.created_at <= as_of] if as_of is not None else []
 
 
-def load_store(session: Session, as_of: datetime | None = None, served: int = 0) -> Store:
+def load_store(session: Session, as_of: datetime | None = None, served: int = 0, also: tuple = ()) -> Store:
     """Read feedback rows (created up to `as_of`), the conversations they point at, and deletions; with
-    `served`, also the latest that many assistant replies and their conversations, reviewed or not."""
+    `served`, also the latest that many assistant replies and their conversations, reviewed or not; with `also`
+    (SELECTs of conversation ids), those conversations too."""
     conn = session.connection()
     store = Store()
     t, r, c, cmp, f, cand = (m.__table__ for m in (Thumbs, Rating, Correction, Comparison, Flag, Candidate))
@@ -89,13 +90,14 @@ def load_store(session: Session, as_of: datetime | None = None, served: int = 0)
 
     targets = sa.union(*(sa.select(m.__table__.c.message_id) for m in (Thumbs, Rating, Correction, Comparison, Flag)))
     m, cv = Message.__table__, Conversation.__table__
-    convs = sa.select(m.c.conversation_id).where(m.c.id.in_(targets))
+    parts = [sa.select(m.c.conversation_id).where(m.c.id.in_(targets)), *also]
     if served:
         latest = (sa.select(m.c.id, m.c.conversation_id).where(m.c.role == "assistant", m.c.from_client.is_(False),
                                                                *_as_of(Message, as_of))
                   .order_by(m.c.created_at.desc(), m.c.id.desc()).limit(served).subquery())
         store.served = list(conn.execute(sa.select(latest.c.id)).scalars())
-        convs = sa.union(convs, sa.select(latest.c.conversation_id))
+        parts.append(sa.select(latest.c.conversation_id))
+    convs = sa.union(*parts) if len(parts) > 1 else parts[0]
     convs = sa.select(convs.subquery().c.conversation_id).distinct()
     rows = conn.execute(
         sa.select(m.c.conversation_id, m.c.id, m.c.position, m.c.role, m.c.content, m.c.finish_reason, cv.c.end_user)
