@@ -355,20 +355,28 @@ def test_retrain_killed_at_random_points_resumes_and_frees_the_lock(settings, tm
     snapshot = write_snapshot(tmp_path / "snap", train=16, eval_=0, kinds=("sft",))
     with session_scope() as session:
         run_id = runs.create_run(session, trigger="manual", config=fast_config(snapshot, steps=30, save_steps=5)).id
+    def checkpoints() -> int:
+        """The newest checkpoint's step (older ones are pruned)."""
+        found = (runs.run_dir(settings, run_id) / "stages").rglob("checkpoint-*")
+        return max((int(path.name.split("-")[-1]) for path in found), default=0)
+
     kills: list[str] = []
-    for _ in range(4):
-        proc = tasks.launch(run_id)
-        delay = rng.uniform(1, 12)
-        try:
-            proc.wait(delay)
+    for attempt in range(4):
+        proc, started, seen = tasks.launch(run_id), time.monotonic(), checkpoints()
+        if attempt == 0:  # start-up: imports, model load, the plan
+            time.sleep(rng.uniform(0.5, 5))
+        else:  # training: after this attempt's first new checkpoint, a random moment later (saving included)
+            while checkpoints() == seen and proc.poll() is None and time.monotonic() - started < 180:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0, 2))
+        if proc.poll() is not None:
             break  # finished before its kill
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        checkpoints = len(list((runs.run_dir(settings, run_id) / "stages").rglob("checkpoint-*/trainer_state.json")))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
         with session_scope() as session:
             status = session.get(RetrainRun, run_id).status
-        kills.append(f"{delay:.1f} s ({status}, {checkpoints} checkpoints)")
+        kills.append(f"{time.monotonic() - started:.1f} s into attempt {attempt + 1} ({status}, "
+                     f"newest checkpoint at step {checkpoints()})")
         assert status in (RunStatus.queued, RunStatus.running, RunStatus.succeeded)
         assert runs.RetrainLock(settings).held_elsewhere() is False  # freed by the death itself
         time.sleep(2.5)  # its lease expires: what the server's start-up resume would relaunch
@@ -378,7 +386,7 @@ def test_retrain_killed_at_random_points_resumes_and_frees_the_lock(settings, tm
         candidates = session.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)).all()
     print(f"FIGURE retrain killed at {', '.join(kills)}: final status {run.status}, {len(candidates)} candidate, "
           f"{len(run.timings.get('attempts', []))} attempts recorded")
-    assert len(kills) >= 2  # the random points really interrupted it
+    assert len(kills) >= 3  # the random points really interrupted it
     assert run.status == RunStatus.succeeded, run.error
     assert len(candidates) == 1
     assert runs.RetrainLock(settings).held_elsewhere() is False
