@@ -21,10 +21,19 @@ class Settings(BaseSettings):
     port: int = 8000
     admin_key: str | None = Field(None, description="Bootstrap admin key; generated into data_dir if unset.")
 
-    backend: Literal["local", "openai"] = Field("local", description="In-process model or remote OpenAI-compatible server.")
+    backend: Literal["local", "openai", "vllm"] = Field(
+        "local", description="In-process model, a remote OpenAI-compatible server, or a vLLM fleet whose LoRA "
+        "adapters hitl loads and unloads (vllm_urls).")
     remote_base_url: str | None = None
     remote_api_key: str = "EMPTY"
     remote_model: str | None = None
+    vllm_urls: str = Field("", description="With backend vllm: comma-separated replica URLs (http://host:8000).")
+    vllm_api_key: str = Field("EMPTY", description="The replicas' --api-key, if any.")
+    vllm_keep: int = Field(2, ge=0, description="Versions served before that stay loaded on the replicas (rollback "
+                           "without a load); older ones are unloaded.")
+    vllm_max_lora_rank: int = Field(16, ge=1, description="The replicas' --max-lora-rank: higher-rank adapters are "
+                                    "refused, and retraining compresses stacked adapters to it.")
+    vllm_check_s: float = Field(2.0, gt=0, description="How often each replica's adapters and health are checked.")
 
     temperature: float = 0.7
     top_p: float = 1.0
@@ -101,6 +110,10 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'hitl.db').resolve()}"
+
+    @property
+    def vllm_url_list(self) -> list[str]:
+        return [u.strip() for u in self.vllm_urls.split(",") if u.strip()]
 
     @property
     def models_dir(self) -> Path:

@@ -42,7 +42,7 @@ def serve(
 
     settings = get_settings()
     logs.configure(settings.log_format)
-    if settings.backend == "local":
+    if settings.backend != "openai":  # local and vllm serve the registry's base checkpoint
         from service.model_init import ensure_base_model
 
         ensure_base_model(settings)

@@ -31,9 +31,13 @@ async def sync_aliases(backend: Backend) -> None:
 
 async def follow_champion(backend: Backend, interval_s: float = 2.0) -> None:
     """Hot-swap the backend whenever the `champion` (or `challenger`) alias moves, from any process."""
+    failing = None
     while True:
         await asyncio.sleep(interval_s)
         try:
             await sync_aliases(backend)
-        except Exception:  # keep serving the current models; retry next tick
-            log.exception("following the registry aliases failed")
+            failing = None
+        except Exception as exc:  # keep serving the current models; retry next tick, log each new failure once
+            if str(exc) != failing:
+                log.exception("following the registry aliases failed")
+            failing = str(exc)

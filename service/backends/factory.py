@@ -1,12 +1,16 @@
-"""Build the serving backend from settings: champion (local or remote), wrapped for canary routing."""
+"""Build the serving backend from settings: champion (local, remote or a vLLM fleet), wrapped for canary routing."""
 
 from core.settings import Settings
 from service.backends.base import Backend
 from service.backends.canary import CanaryBackend, Spec
 
 
-def backend_for(settings: Settings, spec: Spec) -> Backend:
-    """One backend serving one registry version."""
+def backend_for(settings: Settings, spec: Spec, fleet=None) -> Backend:
+    """One backend serving one registry version (`fleet`: the vLLM replicas, with `HITL_BACKEND=vllm`)."""
+    if settings.backend == "vllm":
+        from service.backends.vllm import VllmBackend
+
+        return VllmBackend(fleet, spec)
     if settings.backend == "openai":
         from service.backends.remote import RemoteBackend
 
@@ -32,4 +36,12 @@ def build_backend(settings: Settings) -> CanaryBackend:
         with session_scope() as session:
             current = service.ensure_champion(session, settings)
             spec = Spec(current.version, current.base_path, current.adapter_path)
-    return CanaryBackend(backend_for(settings, spec), lambda s: backend_for(settings, s), settings.canary_share)
+    fleet = None
+    if settings.backend == "vllm":
+        from service.backends.vllm import Fleet
+
+        fleet = Fleet(settings.vllm_url_list, base_path=settings.base_model_path, api_key=settings.vllm_api_key,
+                      keep=settings.vllm_keep, max_lora_rank=settings.vllm_max_lora_rank,
+                      check_s=settings.vllm_check_s)
+    return CanaryBackend(backend_for(settings, spec, fleet), lambda s: backend_for(settings, s, fleet),
+                         settings.canary_share)

@@ -2,9 +2,11 @@
 
 The registry version is the upstream model name, so a swap only changes the name asked for.
 Upstream input errors (400/413/422) stay the client's 4xx; anything else is a 502/503.
+`open_chat` and `relay` are shared with the vLLM fleet backend (`service.backends.vllm`).
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import openai
 from openai import AsyncOpenAI
@@ -12,6 +14,52 @@ from openai import AsyncOpenAI
 from service.backends.base import Backend, BackendError, BadRequest, Event, Generation, SamplingParams, Started, Unavailable
 
 CLIENT_ERRORS = {400, 413, 422}
+
+
+@contextmanager
+def upstream_errors() -> Iterator[None]:
+    """Map the openai client's errors to the API's: input errors stay 4xx, the rest 502/503."""
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        if exc.status_code in CLIENT_ERRORS:
+            raise BadRequest(_detail(exc), exc.status_code) from exc
+        raise BackendError(f"upstream answered {exc.status_code}: {_detail(exc)}", 502) from exc
+    except openai.APIConnectionError as exc:  # includes timeouts
+        raise Unavailable(f"upstream unreachable: {exc}") from exc
+    except openai.APIError as exc:  # an error event in the middle of the stream
+        raise BackendError(f"upstream failed: {exc.message}", 502) from exc
+
+
+async def open_chat(client: AsyncOpenAI, model: str, messages: list[dict], params: SamplingParams):
+    """Start a streamed chat completion upstream (raises the openai client's own errors)."""
+    return await client.chat.completions.create(
+        model=model, messages=messages, stream=True, stream_options={"include_usage": True},
+        temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
+        stop=list(params.stop) or None, seed=params.seed,
+    )
+
+
+async def relay(response, version: str) -> AsyncIterator[Event]:
+    """An upstream stream as backend events, stamped with the registry `version` that answers."""
+    parts, finish, usage = [], "stop", None
+    yield Started(version, 0)
+    with upstream_errors():
+        async for chunk in response:
+            if chunk.usage:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    parts.append(choice.delta.content)
+                    yield choice.delta.content
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+    yield Generation(
+        text="".join(parts), model_version=version,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else len(parts),
+        finish_reason=finish,
+    )
 
 
 class RemoteBackend(Backend):
@@ -32,37 +80,10 @@ class RemoteBackend(Backend):
 
     async def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Event]:
         model = self._model
-        try:
-            response = await self._client.chat.completions.create(
-                model=model, messages=messages, stream=True, stream_options={"include_usage": True},
-                temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
-                stop=list(params.stop) or None, seed=params.seed,
-            )
-            parts, finish, usage = [], "stop", None
-            yield Started(model, 0)
-            async for chunk in response:
-                if chunk.usage:
-                    usage = chunk.usage
-                for choice in chunk.choices:
-                    if choice.delta.content:
-                        parts.append(choice.delta.content)
-                        yield choice.delta.content
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
-        except openai.APIStatusError as exc:
-            if exc.status_code in CLIENT_ERRORS:
-                raise BadRequest(_detail(exc), exc.status_code) from exc
-            raise BackendError(f"upstream answered {exc.status_code}: {_detail(exc)}", 502) from exc
-        except openai.APIConnectionError as exc:  # includes timeouts
-            raise Unavailable(f"upstream unreachable: {exc}") from exc
-        except openai.APIError as exc:  # an error event in the middle of the stream
-            raise BackendError(f"upstream failed: {exc.message}", 502) from exc
-        yield Generation(
-            text="".join(parts), model_version=model,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else len(parts),
-            finish_reason=finish,
-        )
+        with upstream_errors():
+            response = await open_chat(self._client, model, messages, params)
+        async for event in relay(response, model):
+            yield event
 
 
 def _detail(exc: openai.APIStatusError) -> str:

@@ -1,0 +1,251 @@
+"""hitl in front of two REAL vLLM replicas (vLLM's CPU build, SmolLM2, fp32): chat, adapters loaded on
+promotion, a hot swap under 50 concurrent chats, a canary share, rollback, retirement, and a replica that
+restarts and catches up before it takes traffic. Marked `vllm`; `make vllm-venv` installs vLLM into its own
+venv (never the project's), and the tests skip, saying so, when that venv is absent."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from service.models import ModelVersion
+from tests.conftest import LiveServer
+
+pytestmark = [pytest.mark.vllm, pytest.mark.parametrize("settings", ["sqlite"], indirect=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+VLLM_PYTHON = Path(os.environ.get("HITL_TEST_VLLM_PYTHON", ROOT / ".vllm-venv" / "bin" / "python"))
+PROMPT = [{"role": "user", "content": "Name a colour."}]
+MAX_TOKENS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VllmServer:
+    """One vLLM OpenAI server process (CPU build) with runtime LoRA updating on."""
+
+    def __init__(self, model: Path, log_dir: Path, cpu: int):
+        self.model, self.port, self.cpu = model, _free_port(), cpu
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / f"vllm-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "VllmServer":
+        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1",
+               "HF_HUB_OFFLINE": "1", "VLLM_CPU_OMP_THREADS_BIND": str(self.cpu)}
+        cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
+               "--host", "127.0.0.1", "--port", str(self.port), "--enable-lora", "--max-lora-rank", "16",
+               "--max-loras", "4", "--max-model-len", "2048", "--dtype", "float32"]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"vLLM not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def adapters(self) -> set[str]:
+        return {m["id"] for m in httpx.get(f"{self.url}/v1/models").json()["data"] if m.get("parent")}
+
+    def requests_served(self) -> float:
+        text = httpx.get(f"{self.url}/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("vllm:request_success_total"))
+
+    def greedy(self, model: str) -> str:
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="EMPTY", max_retries=0)
+        reply = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=MAX_TOKENS, temperature=0)
+        return reply.choices[0].message.content
+
+
+@pytest.fixture(scope="module")
+def replicas(smollm2_dir, tmp_path_factory):
+    if not VLLM_PYTHON.exists():
+        pytest.skip(f"vLLM's CPU build is not installed at {VLLM_PYTHON} (`make vllm-venv`: ~2 min, 2.5 GB; "
+                    "or set HITL_TEST_VLLM_PYTHON)")
+    logs = tmp_path_factory.mktemp("vllm-logs")
+    servers = [VllmServer(smollm2_dir.resolve(), logs, cpu).start() for cpu in (0, 1)]
+    try:
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def adapters(smollm2_dir, tmp_path_factory) -> dict[str, Path]:
+    """Three random rank-8 LoRA adapters over SmolLM2 (each gives PROMPT another greedy reply)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    for seed, name in enumerate(("v1", "v2", "v3")):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(str(smollm2_dir))
+        peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                                                      target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]))
+        with torch.no_grad():  # large enough that each adapter answers PROMPT differently
+            for param_name, param in peft_model.named_parameters():
+                if "lora_B" in param_name:
+                    param.normal_(0, 0.06)
+        path = tmp_path_factory.mktemp(f"adapter-{name}")
+        peft_model.save_pretrained(path)
+        out[name] = path
+    return out
+
+
+@pytest.fixture
+def front(settings, replicas, adapters, smollm2_dir, monkeypatch):
+    """hitl serving from both replicas (HITL_BACKEND=vllm), with the adapters registered as candidates."""
+    from core.db import session_scope
+    from core.settings import get_settings
+    from hitl.app import create_app
+
+    for name, value in {"BACKEND": "vllm", "VLLM_URLS": ",".join(r.url for r in replicas), "VLLM_KEEP": "1",
+                        "VLLM_CHECK_S": "0.5", "BASE_MODEL": str(smollm2_dir.resolve()), "CANARY_SHARE": "0.5",
+                        "RATE_LIMIT_PER_S": "0"}.items():
+        monkeypatch.setenv(f"HITL_{name}", value)
+    get_settings.cache_clear()
+    with session_scope() as s:
+        for name, path in adapters.items():
+            s.add(ModelVersion(version=name, base_path=str(smollm2_dir.resolve()), adapter_path=str(path)))
+    with LiveServer(create_app()) as server:
+        yield server
+    for replica in replicas:  # the next test starts from the base model only
+        for name in replica.adapters():
+            httpx.post(f"{replica.url}/v1/unload_lora_adapter", json={"lora_name": name})
+
+
+def wait_serving(api, expected: list[str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while (ready := api.get("/readyz").json())["serving"] != expected:
+        assert time.monotonic() < deadline, f"served versions never became {expected}: {ready}"
+        time.sleep(0.2)
+    return ready
+
+
+def chat(client: openai.OpenAI, stream: bool = False) -> tuple[str, str]:
+    """(stamped version, reply text) of one greedy chat through hitl."""
+    if not stream:
+        reply = client.chat.completions.create(model="m", messages=PROMPT, max_tokens=MAX_TOKENS, temperature=0)
+        return reply.model_extra["hitl"]["model_version"], reply.choices[0].message.content
+    chunks = list(client.chat.completions.create(model="m", messages=PROMPT, max_tokens=MAX_TOKENS, temperature=0,
+                                                 stream=True))
+    return chunks[0].model_extra["hitl"]["model_version"], "".join(c.choices[0].delta.content or "" for c in chunks
+                                                                 if c.choices)
+
+
+def test_chat_swap_canary_rollback_retire(front, api, service_key, replicas):
+    client = openai.OpenAI(base_url=f"{front.url}/v1", api_key=service_key, max_retries=0, timeout=300)
+    ready = wait_serving(api, ["base"])
+    assert [r["in_pool"] for r in ready["replicas"]] == [True, True]
+    base_name = next(m["id"] for m in httpx.get(f"{replicas[0].url}/v1/models").json()["data"] if not m["parent"])
+    expected = {"base": replicas[0].greedy(base_name)}
+    assert chat(client) == ("base", expected["base"])
+    assert chat(client, stream=True) == ("base", expected["base"])
+
+    # promotion under 50 concurrent chats: every one succeeds and is stamped with the version that wrote it
+    with ThreadPoolExecutor(50) as pool:
+        futures = [pool.submit(chat, client, i % 2 == 1) for i in range(50)]
+        time.sleep(0.5)
+        assert api.post("/api/models/v1/promote", json={"reason": "test"}).status_code == 200
+        replies = [f.result() for f in futures]  # raises on any failed request
+    ready = wait_serving(api, ["v1"])
+    assert all("v1" in r.adapters() for r in replicas)
+    expected["v1"] = replicas[1].greedy("v1")
+    assert expected["v1"] != expected["base"], "the adapter must change the greedy reply for this test to tell"
+    after = [chat(client) for _ in range(4)]
+    for version, text in replies + after:
+        assert text == expected[version], f"reply stamped {version} is not {version}'s"
+    assert {v for v, _ in after} == {"v1"}
+    logged = api.get(f"/api/conversations/{client.chat.completions.create(model='m', messages=PROMPT, max_tokens=2).model_extra['hitl']['conversation_id']}").json()
+    assert logged["messages"][-1]["model_version"] == "v1"
+
+    # canary: half of new conversations go to v2, loaded on both replicas first
+    assert api.post("/api/models/v2/challenger", json={"reason": "canary"}).status_code == 200
+    wait_serving(api, ["v1", "v2"])
+    assert all({"v1", "v2"} <= r.adapters() for r in replicas)
+    expected["v2"] = replicas[0].greedy("v2")
+    assert len(set(expected.values())) == 3, expected
+    canary = [chat(client, stream=i % 2 == 0) for i in range(24)]
+    assert {v for v, _ in canary} == {"v1", "v2"}
+    assert all(text == expected[v] for v, text in canary)
+
+    # rollback: one call, base serves again, v1 stays loaded (keep 1) for the next rollback
+    assert api.post("/api/models/rollback", json={"reason": "test"}).status_code == 200
+    wait_serving(api, ["base", "v2"])
+    assert all({"v1", "v2"} <= r.adapters() for r in replicas)
+
+    # promote v2 then v3: v1 falls out of the last 1 kept and is unloaded everywhere
+    assert api.post("/api/models/v2/promote", json={"reason": "test"}).status_code == 200
+    wait_serving(api, ["v2"])
+    assert api.post("/api/models/v3/promote", json={"reason": "test"}).status_code == 200
+    wait_serving(api, ["v3"])
+    deadline = time.monotonic() + 10
+    while any(r.adapters() != {"v2", "v3"} for r in replicas):
+        assert time.monotonic() < deadline, [r.adapters() for r in replicas]
+        time.sleep(0.2)
+    expected["v3"] = replicas[0].greedy("v3")
+    assert chat(client) == ("v3", expected["v3"])
+
+
+def test_replica_restart_catches_up_before_traffic(front, api, service_key, replicas):
+    client = openai.OpenAI(base_url=f"{front.url}/v1", api_key=service_key, max_retries=0, timeout=300)
+    assert api.post("/api/models/v1/promote", json={"reason": "test"}).status_code == 200
+    wait_serving(api, ["v1"])
+    expected = replicas[0].greedy("v1")
+    restarted = replicas[1]
+    restarted.stop()
+    # the dead replica leaves the pool; every chat meanwhile succeeds on the other
+    during = [chat(client) for _ in range(6)]
+    assert during == [("v1", expected)] * 6
+    states = api.get("/readyz").json()["replicas"]
+    assert [s["in_pool"] for s in states] == [True, False] and "unreachable" in states[1]["note"]
+
+    restarted.start()
+    joined_holding = None
+    deadline = time.monotonic() + 300
+    while joined_holding is None:  # sample what the replica holds at the moment it rejoins
+        assert time.monotonic() < deadline, "the restarted replica never rejoined the pool"
+        assert restarted.proc.poll() is None, restarted.log.read_text()[-3000:]
+        state = api.get("/readyz").json()["replicas"][1]
+        if state["in_pool"]:
+            joined_holding = restarted.adapters()
+        else:
+            time.sleep(0.2)
+    assert "v1" in joined_holding
+    served_before = restarted.requests_served()
+    assert [chat(client) for _ in range(8)] == [("v1", expected)] * 8
+    assert restarted.requests_served() > served_before, "the caught-up replica takes traffic again"
+    assert json.loads(json.dumps(api.get("/readyz").json()))["checks"]["model"] is True
