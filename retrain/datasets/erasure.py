@@ -1,8 +1,12 @@
 """Privacy deletions reach the files: every existing snapshot loses the rows that mention a deleted
-conversation, message or text (JSONL and Parquet rewritten, the manifest records the redaction), and
-the paraphrase cache forgets their paraphrases. The app registers `erase` in `feedback.service.ERASERS`."""
+conversation, message or text (JSONL and Parquet rewritten, the manifest records the redaction), the
+paraphrase cache forgets their paraphrases, and the other files derived from them (the gates' eval cache,
+reports, retrain run folders) are swept: a cache file that mentions one is dropped (it is recomputed on
+demand), any other is redacted in place. The app registers `erase` in `feedback.service.ERASERS`."""
 
+import html
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +20,13 @@ from feedback.service import Erasure, mentions
 from retrain.datasets.cleaning import redact_pii
 from retrain.datasets.expansion import ParaphraseCache
 from retrain.datasets.models import DatasetSnapshot
+
+log = logging.getLogger(__name__)
+# data dir folders holding text derived from the store, besides snapshots; caches among them are dropped, not redacted
+SWEPT, CACHES = ("eval-cache", "reports", "retrain"), ("eval-cache",)
+WEIGHTS = {".safetensors", ".bin", ".pt", ".pth", ".ckpt"}  # tensors: no text to find, and large
+REDACTED = "[redacted: privacy deletion]"
+MIN_INSIDE = 8  # a deleted text this long is erased inside other text too; a shorter one ("ok") only where it is whole
 
 
 def erase(session: Session, erasure: Erasure) -> None:
@@ -31,8 +42,64 @@ def erase(session: Session, erasure: Erasure) -> None:
             _write_json(folder / "manifest.json", {**_note(_read_json(folder / "manifest.json"), folder, removed),
                                                     "examples": _index(folder)})
             session.add(snap)
-    ParaphraseCache(get_settings().data_dir / "datasets" / "paraphrase-cache.jsonl").forget(
-        needles | removed_texts, removed_texts)
+    data_dir = get_settings().data_dir
+    ParaphraseCache(data_dir / "datasets" / "paraphrase-cache.jsonl").forget(needles | removed_texts, removed_texts)
+    _sweep(data_dir, needles | removed_texts)
+
+
+def _sweep(data_dir: Path, needles: set[str]) -> None:
+    """Drop or redact every file under SWEPT that holds a needle, as written raw, in JSON or in HTML."""
+    inside = sorted((n for n in needles if len(n) >= MIN_INSIDE), key=len, reverse=True)
+    whole = {json.dumps(n, ensure_ascii=a).encode() for n in needles if len(n) < MIN_INSIDE for a in (True, False)}
+    forms = {n: _forms(n) for n in inside}
+    for top in SWEPT:
+        for path in sorted((data_dir / top).rglob("*")):
+            if not path.is_file() or path.suffix in WEIGHTS:
+                continue
+            data = path.read_bytes()
+            if not any(f.encode() in data for n in inside for f in forms[n]) and not any(w in data for w in whole):
+                continue
+            if top in CACHES:
+                path.unlink()
+                continue
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:  # e.g. TensorBoard events: no way to cut the text out, so the file goes
+                path.unlink()
+                log.warning("privacy deletion removed %s", path)
+                continue
+            if path.suffix == ".json":
+                try:
+                    _write_json(path, _redact_value(json.loads(text), inside, {json.loads(w) for w in whole}))
+                    continue
+                except ValueError:
+                    pass
+            for n in inside:
+                for form in forms[n]:
+                    text = text.replace(form, REDACTED)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+
+
+def _forms(text: str) -> list[str]:
+    """How `text` may be written into a file: raw, escaped in JSON (ASCII or not), and both escaped for HTML."""
+    escaped = {json.dumps(text, ensure_ascii=a)[1:-1] for a in (True, False)} | {text}
+    return sorted(escaped | {html.escape(e) for e in escaped}, key=len, reverse=True)
+
+
+def _redact_value(value: Any, inside: list[str], whole: set[str]) -> Any:
+    if isinstance(value, str):
+        if value in whole:
+            return REDACTED
+        for n in inside:
+            value = value.replace(n, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {k: _redact_value(v, inside, whole) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_value(v, inside, whole) for v in value]
+    return value
 
 
 def _rewrite(path: Path, needles: set[str], removed_texts: set[str]) -> int:

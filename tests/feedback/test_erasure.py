@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 
+from core.db import session_scope
+from service.models import ModelVersion
 from tests.conftest import LiveServer, make_key
 
 ALICE_Q = "Does Zebulon Quixote on Wisteria Lane still owe me money"
@@ -83,3 +85,60 @@ def test_deletion_leaves_no_text_anywhere(server_with, paraphraser, tmp_path, ad
     assert len(manifest["redactions"]) == 2
     assert 0 < sum(manifest["counts"]["sft"].values()) < sum(snapshot["counts"]["sft"].values())
     stack.close()
+
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_deletion_reaches_run_folders_reports_and_the_eval_cache(server_with, tmp_path, admin_key, service_key):
+    """A retrain run trains on a snapshot holding Alice's words; a real model may echo them into the gates'
+    cached answers and the report quoting those (the tiny model never does, so those files are written here as
+    the evaluators write them). After her deletion no file under the data dir, nor the database file, holds
+    them; what is not hers stays."""
+    import html
+    import json
+
+    from tests.retrain.training.helpers import fast_config
+    from tests.retrain.training.test_runs import wait_for
+
+    server = server_with(MAX_TOKENS="6")
+    admin, chat = server.client(admin_key), server.client(service_key)
+    for i, (question, fix, user) in enumerate([(f"{ALICE_Q} {n}", f"{ALICE_FIX} {n}", "alice") for n in range(4)]
+                                               + [(f"{KEPT_Q} {n}", f"{KEPT_FIX} {n}", "carol") for n in range(4)]):
+        reply = ask(chat, [{"role": "user", "content": question}], user)["hitl"]["message_id"]
+        corrected = admin.post(f"/api/review/items/{reply}/correction", json={"content": fix})
+        assert corrected.status_code in (200, 201), corrected.text
+    snapshot = admin.post("/api/datasets", json={"validation_fraction": 0, "test_fraction": 0.25}).json()
+    folder = Path(admin.get(f"/api/datasets/{snapshot['id']}").json()["path"])
+    config = fast_config(folder)
+    config["sft"]["min_rows"] = 2
+    started = admin.post("/api/retrain/runs", json={"config": config})
+    assert started.status_code == 202, started.text
+    run = wait_for(started.json()["id"])
+    assert run.status.value == "succeeded", (run.error, run.reason)
+    var = tmp_path / "var"
+    echo = f"You asked: {ALICE_Q} 0"
+    (var / "eval-cache" / "base").mkdir(parents=True, exist_ok=True)
+    (var / "eval-cache" / "base" / "answers-alice.json").write_text(json.dumps([echo, "Paris."]))
+    (var / "eval-cache" / "base" / "answers-carol.json").write_text(json.dumps([f"You asked: {KEPT_Q} 0"]))
+    reports = var / "reports" / run.candidate_version  # as evaluators.report writes them: JSON, and HTML quoting it
+    reports.mkdir(parents=True)
+    report = {"candidate": run.candidate_version, "results": [{"name": "golden", "details": {"echo": echo,
+                                                                                            "kept": KEPT_Q}}]}
+    (reports / "report.json").write_text(json.dumps(report, indent=2))
+    (reports / "report.html").write_text(f"<pre>{html.escape(json.dumps(report['results'], indent=2))}</pre>")
+    with Path(run.log_path).open("a") as log:
+        log.write(f"sample: {echo}\n")
+    assert len(hits(var / "eval-cache", "Zebulon")) == 1 and hits(var / "reports", "Zebulon")
+
+    assert admin.delete("/api/end-users/alice").status_code == 200
+    assert hits(tmp_path, "Zebulon", "Wisteria") == []
+    assert hits(var / "eval-cache", KEPT_Q) and hits(var / "reports", KEPT_Q)  # the rest stays
+    report = json.loads((var / "reports" / run.candidate_version / "report.json").read_text())
+    assert report["results"][0]["details"] == {"echo": "You asked: [redacted: privacy deletion]", "kept": KEPT_Q}
+    from service.backends.local import load_model
+
+    with session_scope() as session:
+        version = session.get(ModelVersion, run.candidate_version)
+    load_model(version.base_path, version.adapter_path, device="cpu")  # the candidate is untouched
+    admin.close()
+    chat.close()
