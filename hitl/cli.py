@@ -35,7 +35,10 @@ def serve(
     host: str = typer.Option(None, help="Bind address (default HITL_HOST)."),
     port: int = typer.Option(None, help="Port (default HITL_PORT)."),
 ) -> None:
-    """Run the API, the review UI and the embedded scheduler (prepares the base model on first run)."""
+    """Run the API, the review UI and the embedded scheduler (prepares the base model on first run).
+
+    The model runs in process (HITL_BACKEND=local), on a vLLM fleet whose LoRA adapters hitl loads and unloads
+    (HITL_BACKEND=vllm, HITL_VLLM_URLS), or on any OpenAI-compatible server (HITL_BACKEND=openai)."""
     import uvicorn
 
     from hitl.app import create_app

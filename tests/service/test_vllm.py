@@ -104,17 +104,18 @@ def replicas(smollm2_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def adapters(smollm2_dir, tmp_path_factory) -> dict[str, Path]:
-    """Three random rank-8 LoRA adapters over SmolLM2 (each gives PROMPT another greedy reply)."""
+    """Three random rank-8 LoRA adapters over SmolLM2 (each gives PROMPT another greedy reply), and one of rank 32."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     out = {}
-    for seed, name in enumerate(("v1", "v2", "v3")):
+    for seed, name in enumerate(("v1", "v2", "v3", "wide")):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_pretrained(str(smollm2_dir))
-        peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
-                                                      target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]))
+        config = LoraConfig(r=32 if name == "wide" else 8, lora_alpha=16, init_lora_weights=False,
+                            target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
+        peft_model = get_peft_model(model, config)
         with torch.no_grad():  # large enough that each adapter answers PROMPT differently
             for param_name, param in peft_model.named_parameters():
                 if "lora_B" in param_name:
@@ -140,6 +141,7 @@ def front(settings, replicas, adapters, smollm2_dir, monkeypatch):
     with session_scope() as s:
         for name, path in adapters.items():
             s.add(ModelVersion(version=name, base_path=str(smollm2_dir.resolve()), adapter_path=str(path)))
+        s.add(ModelVersion(version="merged", base_path=str(adapters["v1"])))  # as `chaining: merge` writes
     with LiveServer(create_app()) as server:
         yield server
     for replica in replicas:  # the next test starts from the base model only
@@ -218,6 +220,17 @@ def test_chat_swap_canary_rollback_retire(front, api, service_key, replicas):
         time.sleep(0.2)
     expected["v3"] = replicas[0].greedy("v3")
     assert chat(client) == ("v3", expected["v3"])
+
+    # versions a LoRA fleet cannot hold are refused with the reason; the champion before them keeps serving
+    for version, reason in (("wide", "LoRA rank 32 > HITL_VLLM_MAX_LORA_RANK 16"), ("merged", "a merged base")):
+        assert api.post(f"/api/models/{version}/promote", json={"reason": "test"}).status_code == 200
+        deadline = time.monotonic() + 30
+        while version not in (ready := api.get("/readyz").json())["refused"]:
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.2)
+        assert reason in ready["refused"][version] and ready["serving"] == ["v3"]
+        assert chat(client) == ("v3", expected["v3"])
+    assert all(r.adapters() == {"v2", "v3"} for r in replicas)
 
 
 def test_replica_restart_catches_up_before_traffic(front, api, service_key, replicas):
