@@ -1,6 +1,7 @@
 """Request limits applied before any parsing or authentication: body size (413), body read time (408), a
-per-key rate (429 with Retry-After) and JSON values no route can hold (422); and a per-key cap on concurrent
-expensive work (429 with Retry-After)."""
+per-key rate (429 with Retry-After) and JSON values no route can hold (422); a per-key cap on concurrent
+expensive work (429 with Retry-After); and, below the app, the server's bounds on connections: how many stay
+open, how long one may take to send a request head, how long one may idle (`server_options`)."""
 
 import asyncio
 import hashlib
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 
 from fastapi import HTTPException, status
 
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 
 UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapers are never rate limited
 IMPORT_PATHS = ("/api/import",)  # bodies bounded by `max_import_bytes` instead of `max_body_bytes`
@@ -200,3 +201,58 @@ class Concurrency:
                 self.running[key] -= 1
                 if not self.running[key]:
                     del self.running[key]
+
+
+# ---------------------------------------------------------------------------------------------- connections
+
+
+async def _too_many_connections(_scope, _receive, send) -> None:
+    await send({"type": "http.response.start", "status": status.HTTP_503_SERVICE_UNAVAILABLE, "headers": [
+        (b"content-type", b"application/json"), (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": b'{"detail":"too many open connections; retry later"}'})
+
+
+def server_options(settings: Settings) -> dict:
+    """uvicorn options of `hitl serve`: its HTTP protocol bounded against slow and excess clients (a connection
+    beyond `max_connections` gets a 503 with Retry-After and is closed; one that has not sent a whole request
+    head within `header_timeout_s` of opening, or of its previous response, is closed: slow bodies are the
+    `Limits` middleware's 408) and the keep-alive idle time."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Bounded(HttpToolsProtocol):
+        deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > settings.max_connections:
+                self.app = _too_many_connections  # this connection's requests only
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            if not self.transport.is_closing():
+                self.deadline = self.loop.call_later(settings.header_timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
+
+        def _expire(self) -> None:
+            self.deadline = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return {"http": Bounded, "timeout_keep_alive": settings.keep_alive_s}

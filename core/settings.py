@@ -55,6 +55,11 @@ class Settings(BaseSettings):
                                      "with Retry-After.")
     candidate_concurrency: int = Field(2, ge=1, description="Candidate generations one reviewer may run at once; "
                                        "beyond it 429 with Retry-After.")
+    max_connections: int = Field(1000, ge=1, description="Open client connections `hitl serve` keeps; a request on one "
+                                 "more is answered 503 with Retry-After and its connection closed.")
+    header_timeout_s: float = Field(10, gt=0, description="A connection that has not sent a whole request head this "
+                                    "long after it opened (or after its previous response) is closed.")
+    keep_alive_s: float = Field(5, gt=0, description="An idle keep-alive connection is closed after this long.")
     max_batch_size: int = Field(8, description="Concurrent requests decoded together on the local model.")
     batch_wait_ms: float = Field(5.0, description="How long the batcher waits to fill a batch.")
     device: str | None = Field(None, description="torch device; default cuda when available, else cpu.")

@@ -4,6 +4,7 @@ import typer
 
 from core import logs
 from core.db import migrate, session_scope
+from core.limits import server_options
 from core.models import Role
 from core.settings import get_settings
 from evaluators import cli as evaluators_cli
@@ -49,7 +50,8 @@ def serve(
         from service.model_init import ensure_base_model
 
         ensure_base_model(settings)
-    uvicorn.run(create_app(), host=host or settings.host, port=port or settings.port, log_level="info")
+    uvicorn.run(create_app(), host=host or settings.host, port=port or settings.port, log_level="info",
+                **server_options(settings))
 
 
 @app.command()

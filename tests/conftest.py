@@ -140,10 +140,12 @@ def _free_port() -> int:
 class LiveServer:
     """The real app on a real uvicorn server in a background thread."""
 
-    def __init__(self, app):
+    def __init__(self, app, **options):
+        """`options`: more uvicorn settings, e.g. `core.limits.server_options` as `hitl serve` runs."""
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):

@@ -1,16 +1,20 @@
 """Limits over real HTTP: body size before parsing and authentication (413), a body too slow to arrive
 (408), messages, parts and characters per chat request (422), per-key rate limits and a bounded model queue
-(429 / 503 with Retry-After)."""
+(429 / 503 with Retry-After); slow and excess connections (closed, 503); no database connection held while
+the model works."""
 
+import asyncio
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
+import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import BACKENDS, LiveServer
 
 HI = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
 
@@ -105,3 +109,108 @@ def test_full_model_queue_is_503_with_retry_after(server_with, service_key):
     assert set(codes) == {200, 503} and codes.count(200) >= 3, codes
     busy = [r for r in responses if r.status_code == 503]
     assert all(r.headers["Retry-After"] == "1" and "waiting for the model" in r.json()["detail"] for r in busy)
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """Whether the server closes `sock` within `timeout` seconds (reading whatever it sent before)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_slow_and_excess_connections_are_bounded(settings, monkeypatch):
+    """200 slowloris connections (a request head never finished) against `hitl serve`'s server options with
+    HITL_MAX_CONNECTIONS=50: a request on a connection beyond 50 is a 503 with Retry-After, every slow one is
+    closed after HITL_HEADER_TIMEOUT_S, then the server answers again; an idle keep-alive connection is closed
+    after HITL_KEEP_ALIVE_S."""
+    from core.limits import server_options
+    from core.settings import get_settings
+    from hitl.app import create_app
+
+    for name, value in {"MAX_CONNECTIONS": "50", "HEADER_TIMEOUT_S": "1.5", "KEEP_ALIVE_S": "1"}.items():
+        monkeypatch.setenv(f"HITL_{name}", value)
+    get_settings.cache_clear()
+    with LiveServer(create_app(), **server_options(get_settings())) as server:
+        slow = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(200)]
+        opened = time.monotonic()
+        for sock in slow:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            refused = http.get("/healthz")
+        closed = [closed_by_server(sock, 10) for sock in slow]
+        all_closed_after = time.monotonic() - opened
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            again = http.get("/healthz")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
+            idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+            answered = time.monotonic()
+            idle_closed = closed_by_server(idle, 10)
+            idle_after = time.monotonic() - answered
+    for sock in slow:
+        sock.close()
+    print(f"FIGURE slow clients: a request beyond 50 open connections: {refused.status_code}; {sum(closed)} of "
+          f"{len(slow)} slowloris connections closed by the server, the last {all_closed_after:.1f} s after they "
+          f"opened; then {again.status_code}; idle keep-alive closed after {idle_after:.1f} s")
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1" and "connections" in refused.text
+    assert all(closed) and all_closed_after < 8
+    assert again.status_code == 200
+    assert idle_closed and 0.5 < idle_after < 5
+
+
+@pytest.mark.parametrize("settings", BACKENDS, indirect=True)
+def test_no_database_connection_is_held_while_the_model_works(settings, service_key):
+    """40 chats (half streamed) all held inside the model at once, more than either database's pool: none
+    holds a connection meanwhile, and all are stored once the model answers."""
+    from core.db import get_engine
+    from hitl.app import create_app
+    from service.backends.base import Backend, Generation, Started
+
+    inside, release = [], threading.Event()
+
+    class Held(Backend):
+        version = "held"
+
+        async def stream(self, messages, params):
+            yield Started(model_version=self.version, prompt_tokens=1)
+            inside.append(1)
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+            yield "ok"
+            yield Generation(text="ok", model_version=self.version, prompt_tokens=1, completion_tokens=1,
+                             finish_reason="stop")
+
+        async def swap(self, *args, **kwargs) -> None:
+            pass
+
+    n, pool = 40, get_engine().pool
+
+    def chat(i):
+        with server.client(service_key) as http:
+            if i % 2:
+                with http.stream("POST", "/v1/chat/completions", json={**HI, "stream": True}) as response:
+                    return response.status_code, "".join(response.iter_lines())
+            response = http.post("/v1/chat/completions", json=HI)
+            return response.status_code, response.text
+
+    with LiveServer(create_app(backend=Held())) as server, ThreadPoolExecutor(n) as threads:
+        futures = [threads.submit(chat, i) for i in range(n)]
+        deadline = time.monotonic() + 60
+        while len(inside) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        held = pool.checkedout()
+        reached = len(inside)
+        release.set()
+        results = [f.result() for f in futures]
+    print(f"FIGURE model work: {reached} of {n} chats inside the model at once, {held} database connections "
+          f"checked out meanwhile")
+    assert reached == n and held == 0
+    assert [code for code, _ in results] == [200] * n and all("error" not in text for _, text in results)
