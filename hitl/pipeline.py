@@ -91,16 +91,27 @@ def prepare(run_id: int, settings: Settings) -> dict[str, Any]:
         size_stages(plan, config, champion.base_path)
         stacked = adapters.adapter_rank(champion.adapter_path) + sum(
             getattr(config, s["method"]).lora_r for s in plan["stages"])
-        merge = config.chaining == "merge" or (champion.adapter_path and stacked > config.max_stacked_rank)
         plan.update(champion={"version": champion.version, "base_path": champion.base_path,
                               "adapter_path": champion.adapter_path},
-                    chaining={"mode": "merge" if merge else "stack",
-                              "reason": ("configured" if config.chaining == "merge" else
-                                         f"stacked rank {stacked} > {config.max_stacked_rank}") if merge else
-                              "champion adapter + new LoRA concatenated into one adapter on the same base"})
+                    chaining=chaining(config, settings, stacked, has_adapter=bool(champion.adapter_path)))
         run.plan = plan
         session.add(run)
         return plan
+
+
+def chaining(config, settings: Settings, stacked: int, *, has_adapter: bool) -> dict[str, Any]:
+    """How the candidate joins the champion: stacked into one adapter, merged into a new base, or (serving from
+    a vLLM fleet, `HITL_VLLM_MAX_LORA_RANK`) stacked and compressed back to the rank the replicas accept, since
+    a LoRA server cannot switch to a merged base without a restart."""
+    if config.chaining == "merge":
+        return {"mode": "merge", "reason": "configured"}
+    if settings.backend == "vllm" and stacked > settings.vllm_max_lora_rank:
+        return {"mode": "compress", "rank": settings.vllm_max_lora_rank,
+                "reason": f"stacked rank {stacked} > HITL_VLLM_MAX_LORA_RANK {settings.vllm_max_lora_rank}: "
+                          "compressed to it (SVD of each module's delta), same base"}
+    if has_adapter and stacked > config.max_stacked_rank:
+        return {"mode": "merge", "reason": f"stacked rank {stacked} > {config.max_stacked_rank}"}
+    return {"mode": "stack", "reason": "champion adapter + new LoRA concatenated into one adapter on the same base"}
 
 
 def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, str]:
@@ -145,6 +156,14 @@ def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, 
     candidate = out / "candidate"
     if is_main():
         adapters.concat_adapters([champ_adapter, *finals], candidate)
+        if plan["chaining"]["mode"] == "compress":
+            compression = adapters.compress_adapter(candidate, plan["chaining"]["rank"])
+            log.info("candidate compressed to rank %d: relative error %.4f", compression["rank"],
+                     compression["relative_error"])
+            with session_scope() as session:
+                run = runs.get_run(session, run_id)
+                run.metrics = {**copy.deepcopy(run.metrics or {}), "compression": compression}
+                session.add(run)
     return candidate, base_path
 
 

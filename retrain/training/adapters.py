@@ -8,7 +8,10 @@ The registry row keeps the champion's `base_path` and points at this one adapter
 `service.backends.local.load_model(base_path, adapter_path)` loads and merges; remote LoRA servers (vLLM)
 serve it on the same base. When the stacked rank would pass `max_stacked_rank` (or `chaining: merge`), the
 champion is instead merged into a new base checkpoint under `data_dir/models/merged/<version>/` and the
-candidate adapter holds only the new LoRA.
+candidate adapter holds only the new LoRA. Serving from a vLLM fleet (`HITL_BACKEND=vllm`), a stack above the
+replicas' `--max-lora-rank` is instead compressed back to it (`compress_adapter`: the best approximation of that
+rank, its error recorded in the run's metrics), because a LoRA server cannot switch to a merged base without a
+restart; the gates judge the compressed candidate.
 """
 
 import hashlib
@@ -94,6 +97,54 @@ def concat_adapters(parts: list[str | Path], out: str | Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     return out
+
+
+def compress_adapter(path: str | Path, rank: int, out: str | Path | None = None) -> dict:
+    """Rewrite an adapter at LoRA rank <= `rank` (for servers with a `--max-lora-rank`, e.g. vLLM).
+
+    Per module the delta s*B A is factored exactly through QR of B and A^T and an SVD of the small core, and only
+    its top `rank` singular directions are kept (the best rank-`rank` approximation in Frobenius norm). Returns the
+    relative Frobenius error of the dropped part over all modules and the largest per module: 0 when the delta's
+    true rank fits."""
+    src = Path(path)
+    config = json.loads((src / ADAPTER_CONFIG).read_text())
+    if config.get("use_dora") or config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise ValueError("only plain LoRA adapters can be compressed")
+    weights, scaling = load_file(src / ADAPTER_WEIGHTS), _scaling(config)
+    modules = sorted({key.rsplit(".lora_", 1)[0] for key in weights if ".lora_" in key})
+    rank_before = config["r"]
+    kept = min(rank, rank_before)
+    out_weights: dict[str, torch.Tensor] = {}
+    total = dropped = worst = 0.0
+    for module in modules:
+        a_key, b_key = f"{module}.lora_A.weight", f"{module}.lora_B.weight"
+        a, b = weights[a_key].double(), weights[b_key].double() * scaling
+        qb, rb = torch.linalg.qr(b)
+        qa, ra = torch.linalg.qr(a.T)
+        u, sv, vh = torch.linalg.svd(rb @ ra.T)
+        energy, tail = float((sv**2).sum()), float((sv[kept:] ** 2).sum())
+        total, dropped = total + energy, dropped + tail
+        worst = max(worst, (tail / energy) ** 0.5 if energy > 0 else 0.0)
+        root = sv[:kept].sqrt()  # split the singular values evenly between the factors
+        new_b, new_a = (qb @ u[:, :kept]) * root, root[:, None] * (vh[:kept] @ qa.T)
+        if len(root) < kept:  # a module narrower than the rank: zero directions keep every module at `kept`
+            new_b = torch.cat([new_b, new_b.new_zeros(b.shape[0], kept - len(root))], 1)
+            new_a = torch.cat([new_a, new_a.new_zeros(kept - len(root), a.shape[1])], 0)
+        dtype = weights[a_key].dtype
+        out_weights[b_key], out_weights[a_key] = new_b.to(dtype).contiguous(), new_a.to(dtype).contiguous()
+    config.update(r=kept, lora_alpha=kept, use_rslora=False)
+    target = Path(out) if out else src
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(out_weights, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+    for extra in (p for p in src.iterdir() if p.name not in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) and p.is_file()):
+        shutil.copy2(extra, tmp / extra.name)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.replace(target)
+    return {"rank_before": rank_before, "rank": kept, "modules": len(modules),
+            "relative_error": (dropped / total) ** 0.5 if total > 0 else 0.0, "worst_module_error": worst}
 
 
 def load_merged(base_path: str | Path, adapters: list[str | Path], dtype: torch.dtype = torch.float32):

@@ -287,3 +287,57 @@ def test_the_kept_evaluation_is_the_latest_within_the_tolerance(tmp_path):
         state = SimpleNamespace(global_step=step, epoch=step, is_world_process_zero=True)
         recorder.on_evaluate(None, state, SimpleNamespace(should_training_stop=False), metrics={"eval_loss": loss})
     assert recorder.kept["step"] == 3  # 1.05 is within 10% of the champion's 1.0, 1.2 is not
+
+
+def test_compressed_adapter_is_exact_when_the_rank_fits_and_reports_its_error(tiny_model_dir, tmp_path):
+    """A stack whose delta has rank 4 (one adapter twice) compresses to rank 4 with no change; to rank 2 it is
+    the best rank-2 approximation, with the error it reports."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from service.backends.local import load_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    model.save_pretrained(tmp_path / "a")
+    stacked = adapters.concat_adapters([tmp_path / "a", tmp_path / "a"], tmp_path / "stacked")
+    ids = torch.tensor([[1, 5, 9, 20, 40]])
+    served = load_model(tiny_model_dir, stacked, device="cpu")[0](ids).logits
+    exact = adapters.compress_adapter(stacked, 4, tmp_path / "r4")
+    assert exact["rank_before"] == 8 and exact["rank"] == 4 and exact["relative_error"] < 1e-6
+    assert adapters.adapter_rank(tmp_path / "r4") == 4
+    torch.testing.assert_close(load_model(tiny_model_dir, tmp_path / "r4", device="cpu")[0](ids).logits, served,
+                               atol=1e-5, rtol=1e-4)
+
+    lossy = adapters.compress_adapter(stacked, 2, tmp_path / "r2")
+    weights, original = load_file(tmp_path / "r2" / "adapter_model.safetensors"), load_file(
+        stacked / "adapter_model.safetensors")
+    dropped = total = 0.0
+    for key in (k for k in original if "lora_A" in k):
+        b_key = key.replace("lora_A", "lora_B")
+        delta = original[b_key].double() @ original[key].double()  # stacked scaling is 1
+        approx = weights[b_key].double() @ weights[key].double()
+        best = torch.linalg.svdvals(delta)
+        torch.testing.assert_close(torch.linalg.matrix_norm(delta - approx), (best[2:] ** 2).sum().sqrt())
+        dropped, total = dropped + float(((delta - approx) ** 2).sum()), total + float((delta**2).sum())
+    assert 0 < lossy["relative_error"] == pytest.approx((dropped / total) ** 0.5, rel=1e-6)
+    assert lossy["worst_module_error"] >= lossy["relative_error"]
+
+
+def test_chaining_compresses_to_the_fleet_rank_instead_of_merging():
+    from core.settings import Settings
+    from hitl.pipeline import chaining
+
+    config = load_config(data={})
+    fleet, local = Settings(backend="vllm", vllm_max_lora_rank=16), Settings(backend="local")
+    assert chaining(config, fleet, 32, has_adapter=True) | {"reason": ""} == {"mode": "compress", "rank": 16,
+                                                                                "reason": ""}
+    assert chaining(config, fleet, 16, has_adapter=True)["mode"] == "stack"
+    assert chaining(config, fleet, config.max_stacked_rank + 1, has_adapter=True)["mode"] == "compress"
+    assert chaining(config, local, 32, has_adapter=True)["mode"] == "stack"
+    assert chaining(config, local, config.max_stacked_rank + 1, has_adapter=True)["mode"] == "merge"
+    assert chaining(load_config(data={"chaining": "merge"}), fleet, 8, has_adapter=True)["mode"] == "merge"
