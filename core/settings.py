@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.webhooks import WebhookTarget
+
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
@@ -85,6 +87,15 @@ class Settings(BaseSettings):
                                    "database; one silent this long is dead: marked failed, it never blocks a new run.")
     scheduler_enabled: bool = Field(True, description="Run the retrain scheduler inside `hitl serve`.")
     gate_policy: Path | None = Field(None, description="YAML gate policy merged over evaluators/policy.yaml.")
+
+    webhooks: list[WebhookTarget] = Field([], description="JSON list of {\"url\": ..., \"events\": [...]} (no "
+                                          "events: all); see core/webhooks.py for the events.")
+    webhook_max_attempts: int = Field(6, ge=1, description="Attempts per webhook delivery before it is failed.")
+    webhook_backoff_s: float = Field(5.0, gt=0, description="Delay before the first retry; doubles each retry.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Time a webhook receiver has to answer one post.")
+    webhook_poll_s: float = Field(2.0, gt=0, description="How often due deliveries are posted (and the queue checked).")
+    webhook_queue_depth: int = Field(0, ge=0, description="Open review items at which `review_queue.depth` fires "
+                                     "(again once it fell below); 0 = off.")
 
     review_rubric: list[str] = Field(["correctness", "helpfulness", "tone"], description="Rubric dimensions (Likert 1-5).")
     review_guidelines: dict[str, str] = Field({

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from sqlmodel import Session, col, select
 
+from core import webhooks
 from core.models import utcnow
 from evaluators import registry
 from evaluators.models import AliasAction, AliasEvent
@@ -241,6 +242,9 @@ def step(session: Session, cfg: dict, actor: str = "canary") -> dict[str, Any]:
         registry.promote(session, challenger.version, actor=actor, reason=why)
     elif result["decision"] == "rollback":
         registry.clear_challenger(session, actor=actor, reason=why, reject=True)
+        webhooks.notify(session, "canary.rollback", f"hitl: {why}", {
+            "challenger": challenger.version, "champion": champion.version, "reason": why,
+            "harm": result.get("harm") or [], "expired": bool(result.get("expired")), "stale": bool(result.get("stale"))})
     result["reason"] = why
     return result
 

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from core import errors
+from core import errors, webhooks
 from core.auth import create_user
 from core.db import migrate, session_scope
 from core.limits import Limits
@@ -17,6 +17,7 @@ from evaluators import endpoints as evaluators_endpoints
 from evaluators import tasks as evaluators_tasks
 from feedback import endpoints as feedback_endpoints
 from feedback.service import ERASERS, audit_user
+from feedback.tasks import check_queue_depth
 from hitl.ui import endpoints as ui_endpoints
 from retrain.datasets import endpoints as datasets_endpoints
 from retrain.datasets.erasure import erase as erase_from_snapshots
@@ -73,6 +74,12 @@ def bootstrap_admin(settings: Settings) -> None:
         log.warning("created admin key in %s", path)
 
 
+def start_webhooks() -> webhooks.Dispatcher:
+    """The webhook dispatcher of this process (a no-op without `HITL_WEBHOOKS`): posts due deliveries and
+    checks the review queue depth."""
+    return webhooks.Dispatcher(checks=[check_queue_depth]).start()
+
+
 def create_app(backend: Backend | None = None) -> FastAPI:
     """Build the app from `HITL_*` settings; tests may pass a ready backend."""
     settings = get_settings()
@@ -90,9 +97,11 @@ def create_app(backend: Backend | None = None) -> FastAPI:
         scheduler = await asyncio.to_thread(start_embedded_scheduler, settings)
         if scheduler is not None:
             evaluators_tasks.schedule(scheduler)
+        dispatcher = start_webhooks()
         try:
             yield
         finally:
+            dispatcher.stop()
             stop_scheduler(scheduler)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

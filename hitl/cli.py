@@ -56,8 +56,8 @@ def serve(
 
 @app.command()
 def scheduler() -> None:
-    """Run the scheduled jobs (nightly retrain, canary decisions) as a dedicated process. For production;
-    set HITL_SCHEDULER_ENABLED=false on the API servers (or keep both: the retrain lock admits one run)."""
+    """Run the scheduled jobs (nightly retrain, canary decisions, webhook deliveries) as a dedicated process.
+    For production; set HITL_SCHEDULER_ENABLED=false on the API servers (or keep both: the retrain lock admits one run)."""
     import signal
     import sys
     import time
@@ -70,6 +70,9 @@ def scheduler() -> None:
     sched = retrain_tasks.build_scheduler()
     retrain_tasks.start_scheduler(sched)
     evaluators_tasks.schedule(sched)
+    from hitl.app import start_webhooks
+
+    dispatcher = start_webhooks()
     typer.echo(f"scheduler: retrain cron '{sched.hitl_cron}', next run {sched.get_job(retrain_tasks.JOB_ID).next_run_time}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -78,6 +81,7 @@ def scheduler() -> None:
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
+        dispatcher.stop()
         retrain_tasks.stop_scheduler(sched)
 
 

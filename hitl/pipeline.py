@@ -307,6 +307,12 @@ def execute_command(run_id: int = typer.Argument(..., help="RetrainRun id.")) ->
 
     logs.configure(get_settings().log_format)
     final = run_pipeline(run_id)
+    try:  # the run's event once now (a server or `hitl scheduler` retries it if this fails)
+        from core.webhooks import deliver_due
+
+        deliver_due()
+    except Exception:
+        log.exception("webhook delivery after run %s failed", run_id)
     raise typer.Exit(0 if final != RunStatus.failed else 1)
 
 

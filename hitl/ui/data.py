@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
@@ -308,3 +309,19 @@ def item_detail(session: Session, message_id: str) -> dict[str, Any] | None:
     item = fb("ReviewItem")
     queue = session.get(item, message_id) if item is not None else None
     return {"message": message, "context": context, "feedback": rows, "queue": queue}
+
+
+def webhooks(session: Session, limit: int = 100) -> dict[str, Any]:
+    """Receivers (URLs shortened to scheme://host/…: a path may hold a token, as Slack's do) and the latest
+    deliveries."""
+    from core import webhooks as hooks
+
+    def receiver(url: str) -> str:
+        parsed = httpx.URL(url)
+        host = parsed.host + (f":{parsed.port}" if parsed.port else "")  # never user:password@
+        return f"{parsed.scheme}://{host}" + ("/…" if parsed.path.strip("/") else "/")
+
+    targets = [{"url": receiver(t.url), "events": t.events} for t in hooks.targets()]
+    deliveries = [{**d.model_dump(), "receiver": receiver(d.url), "text": (d.payload or {}).get("text", "")}
+                  for d in hooks.recent(session, limit)]
+    return {"targets": targets, "deliveries": deliveries}

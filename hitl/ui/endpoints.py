@@ -20,6 +20,7 @@ from core.auth import (
     SESSION_COOKIE, SESSION_MAX_AGE, AdminUser, ReviewerUser, create_user, csrf_token, make_session_token,
     revoke_session, secure_cookie, user_for_key, user_for_session,
 )
+from core import webhooks
 from core.db import SessionDep
 from core.models import Role, User, UserCreated, UserPublic
 from core.settings import get_settings
@@ -232,6 +233,16 @@ def admin_models(request: Request, session: SessionDep) -> Response:
         return user
     return render(request, "admin/models.html", user, versions=data.models(session),
                   history=data.alias_history(session), section="models")
+
+
+@router.get("/admin/webhooks", response_class=HTMLResponse)
+def admin_webhooks(request: Request, session: SessionDep) -> Response:
+    user = admin_page(request, session)
+    if not isinstance(user, User):
+        return user
+    settings = get_settings()
+    return render(request, "admin/webhooks.html", user, section="webhooks", **data.webhooks(session),
+                  events=webhooks.EVENTS, max_attempts=settings.webhook_max_attempts, backoff=settings.webhook_backoff_s)
 
 
 # ------------------------------------------------------------------- user management (admin JSON API)

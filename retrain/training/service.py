@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from fastapi import HTTPException, status
 from sqlmodel import Session, col, func, select
 
+from core import webhooks
 from core.models import utcnow
 from core.settings import Settings
 from retrain.training.models import RetrainRun, RunStatus, RunTrigger
@@ -147,7 +148,23 @@ def finish(session: Session, run: RetrainRun, status_: RunStatus, *, error: str 
         run.reason = reason
     session.add(run)
     session.flush()
+    _notify(session, run)
     return run
+
+
+def _notify(session: Session, run: RetrainRun) -> None:
+    """The webhook event of a finished run (`run.<status>`), in the transaction that finishes it."""
+    why = run.reason if run.status != RunStatus.failed else (run.error or "").split("\n", 1)[0]
+    gate = run.gate or {}
+    reasons = gate.get("reasons") or []
+    text = f"hitl: retrain run {run.id} ({run.trigger}) {run.status}" + (f": {why}" if why else "")
+    if reasons and run.status in (RunStatus.rejected, RunStatus.insufficient_evidence):
+        text += " | " + "; ".join(map(str, reasons))[:500]
+    webhooks.notify(session, f"run.{run.status}", text, {
+        "run_id": run.id, "status": str(run.status), "trigger": str(run.trigger), "slot": run.slot,
+        "reason": run.reason, "error": (run.error or "")[:2000] or None, "candidate_version": run.candidate_version,
+        "snapshot_hash": run.snapshot_hash, "decision": gate.get("decision"), "gate_reasons": reasons,
+    })
 
 
 def last_trained_at(session: Session) -> datetime | None:
