@@ -2,8 +2,9 @@
 
 Starts a vLLM replica (the venv of `make vllm-venv`, `--enable-lora --max-lora-rank R`) and `hitl serve`
 with `HITL_BACKEND=vllm` in front of it, then, one after another on the same machine, `hitl serve` with
-its in-process model. At each concurrency level it sends greedy chats with a fixed `max_tokens` through the
-official openai client and prints completion tokens/s and p50/p99 latency:
+its in-process model. At each concurrency level it sends greedy chats (at least 16, `level` at a time) with a
+fixed `max_tokens` through the official openai client, the sides compared taking turns for `--rounds` rounds,
+and prints the median completion tokens/s and p50/p99 latency:
 
 - `vllm`: straight to vLLM (base model, then the adapter by name);
 - `hitl+vllm`: through hitl (authentication, routing, logging every exchange), base then a promoted
@@ -14,7 +15,7 @@ Then the targets: hitl's added p50 latency in front of vLLM at concurrency 1 (�
 throughput through hitl+vLLM over hitl's in-process figure (≥ 3× on CPU, ≥ 10× on a GPU).
 
     .venv/bin/python bench/bench_serving.py [--model var/models/SmolLM2-135M-Instruct] [--levels 1,8,32]
-        [--max-tokens 32] [--rank 16] [--vllm-python .vllm-venv/bin/python] [--threads 1]
+        [--max-tokens 32] [--rank 16] [--rounds 3] [--vllm-python .vllm-venv/bin/python] [--threads 1]
 """
 
 import argparse
@@ -76,9 +77,9 @@ def random_adapter(model: Path, rank: int, out: Path) -> Path:
     return out
 
 
-def measure(client: openai.OpenAI, name: str, level: int, max_tokens: int) -> dict:
-    """`level` chats at a time, 2 rounds of them (at least 8 chats); tokens/s and latency percentiles."""
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(max(2 * level, 8))]
+def run_level(client: openai.OpenAI, name: str, level: int, n: int, max_tokens: int) -> tuple[float, list[float]]:
+    """`n` greedy chats, `level` at a time: (tokens/s, latencies)."""
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
 
     def one(prompt: str) -> tuple[int, float]:
         start = time.perf_counter()
@@ -86,14 +87,32 @@ def measure(client: openai.OpenAI, name: str, level: int, max_tokens: int) -> di
                                                max_tokens=max_tokens, temperature=0)
         return reply.usage.completion_tokens, time.perf_counter() - start
 
-    one(PROMPTS[0])  # warm
     with ThreadPoolExecutor(level) as pool:
         start = time.perf_counter()
         results = list(pool.map(one, prompts))
         wall = time.perf_counter() - start
-    latencies = sorted(t for _, t in results)
-    return {"tok_s": sum(n for n, _ in results) / wall, "p50": statistics.median(latencies),
-            "p99": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]}
+    return sum(k for k, _ in results) / wall, [t for _, t in results]
+
+
+def compare(sides: list[tuple[str, openai.OpenAI, str]], level: int, max_tokens: int, rounds: int) -> dict:
+    """The sides take turns, round after round, so they see the same machine load; median tok/s, p50/p99."""
+    n = max(2 * level, 16)
+    rates: dict[str, list[float]] = {label: [] for label, _, _ in sides}
+    latencies: dict[str, list[float]] = {label: [] for label, _, _ in sides}
+    for label, client, name in sides:
+        run_level(client, name, 1, 1, max_tokens)  # warm
+    for r in range(rounds):
+        for label, client, name in (sides if r % 2 == 0 else sides[::-1]):
+            rate, times = run_level(client, name, level, n, max_tokens)
+            rates[label].append(rate)
+            latencies[label] += times
+    out = {}
+    for label in rates:
+        times = sorted(latencies[label])
+        out[label] = m = {"tok_s": statistics.median(rates[label]), "p50": statistics.median(times),
+                          "p99": times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]}
+        row(label, level, m)
+    return out
 
 
 def row(label: str, level: int, m: dict) -> None:
@@ -119,6 +138,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank of the adapter and vLLM's --max-lora-rank")
     parser.add_argument("--vllm-python", type=Path, default=ROOT / ".vllm-venv/bin/python")
     parser.add_argument("--threads", type=int, default=1, help="HITL_TORCH_THREADS of the in-process server")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each side per level (medians reported)")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     model = args.model.resolve()
@@ -130,23 +150,23 @@ def main() -> None:
                        HITL_RATE_LIMIT_PER_S="0", HITL_MAX_TOKENS_LIMIT="4096") as front:
             direct, through = vllm.client(), front.client()
             for level in levels:
-                for label, client, name in (("vllm base", direct, str(model)), ("hitl+vllm base", through, "m")):
-                    results[label, level] = m = measure(client, name, level, args.max_tokens)
-                    row(label, level, m)
+                for label, m in compare([("vllm base", direct, str(model)), ("hitl+vllm base", through, "m")],
+                                        level, args.max_tokens, args.rounds).items():
+                    results[label, level] = m
             register(front.tmp.name, "bench-adapter", model, adapter)
             admin = httpx.Client(base_url=front.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
             admin.post("/api/models/bench-adapter/promote", json={"reason": "bench"}).raise_for_status()
             while admin.get("/readyz").json()["model_version"] != "bench-adapter":
                 time.sleep(0.2)
             for level in levels:
-                for label, client, name in (("vllm adapter", direct, "bench-adapter"),
-                                            ("hitl+vllm adapter", through, "m")):
-                    results[label, level] = m = measure(client, name, level, args.max_tokens)
-                    row(label, level, m)
+                for label, m in compare([("vllm adapter", direct, "bench-adapter"),
+                                         ("hitl+vllm adapter", through, "m")],
+                                        level, args.max_tokens, args.rounds).items():
+                    results[label, level] = m
         with Server(model, HITL_TORCH_THREADS=str(args.threads), HITL_RATE_LIMIT_PER_S="0") as local:
             for level in levels:
-                results["hitl local", level] = m = measure(local.client(), "m", level, args.max_tokens)
-                row("hitl local", level, m)
+                results["hitl local", level] = compare([("hitl local", local.client(), "m")], level,
+                                                       args.max_tokens, args.rounds)["hitl local"]
     first = levels[0]
     for kind in ("base", "adapter"):
         added = results[f"hitl+vllm {kind}", first]["p50"] / results[f"vllm {kind}", first]["p50"] - 1

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from service.backends.base import Backend, BadRequest, Busy, Event, Generation, SamplingParams, Started, Unavailable
+from service.backends.base import (
+    Backend, BadRequest, Busy, Event, Generation, SamplingParams, Started, Unavailable, generation_defaults,
+)
 from service.metrics import observe_forward
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,11 @@ class LocalBackend(Backend):
     @property
     def ready(self) -> bool:
         return self._current is not None
+
+    @property
+    def sampling_defaults(self) -> dict[str, float]:
+        """The served checkpoint's `generation_config` (greedy unless it samples)."""
+        return generation_defaults(self._current.model.generation_config if self._current else None)
 
     async def start(self) -> None:
         base, adapter, version = self._spec
