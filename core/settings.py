@@ -37,8 +37,11 @@ class Settings(BaseSettings):
                                     "refused, and retraining compresses stacked adapters to it.")
     vllm_check_s: float = Field(2.0, gt=0, description="How often each replica's adapters and health are checked.")
 
-    temperature: float = 0.7
-    top_p: float = 1.0
+    temperature: float | None = Field(None, ge=0, le=2, description="Temperature of chat requests that set none; "
+                                      "unset: the model's generation_config (greedy unless it samples; a remote "
+                                      "upstream applies its own).")
+    top_p: float | None = Field(None, gt=0, le=1, description="top_p of chat requests that set none; unset: as "
+                                "temperature.")
     max_tokens: int = Field(256, description="Default completion length when a request gives none.")
     max_tokens_limit: int = Field(1024, description="Largest max_tokens a request may ask for.")
     max_messages: int = Field(200, description="Largest number of messages in one chat request.")

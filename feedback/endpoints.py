@@ -189,7 +189,7 @@ async def post_candidates(message_id: str, request: Request, user: ReviewerUser,
             return stored
         backend: Backend = request.app.state.backend
         seeds = random.sample(range(1, 2**31 - 1), 2)
-        params = [SamplingParams(temperature=settings.temperature or 0.7, top_p=settings.top_p,
+        params = [SamplingParams(temperature=settings.temperature or 0.7, top_p=settings.top_p or 1.0,
                                  max_tokens=settings.max_tokens, seed=seed) for seed in seeds]
         try:
             generations = await asyncio.gather(*(backend.complete(context, p) for p in params))

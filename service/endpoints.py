@@ -40,16 +40,29 @@ BackendDep = Annotated[Backend, Depends(get_backend)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def sampling(body: ChatCompletionRequest, settings: Settings) -> SamplingParams:
+def sampling(body: ChatCompletionRequest, settings: Settings, target: Backend) -> SamplingParams:
+    """The request's sampling, else `HITL_TEMPERATURE` / `HITL_TOP_P`, else the model's generation_config (a
+    remote upstream gets no value and applies its own); optional OpenAI fields the backend cannot honour: 422."""
     max_tokens = body.max_completion_tokens or body.max_tokens or settings.max_tokens
     if max_tokens > settings.max_tokens_limit:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"max_tokens {max_tokens} exceeds the limit {settings.max_tokens_limit}")
-    return SamplingParams(
-        temperature=settings.temperature if body.temperature is None else body.temperature,
-        top_p=settings.top_p if body.top_p is None else body.top_p,
-        max_tokens=max_tokens, stop=tuple(body.stop or ()), seed=body.seed,
-    )
+    used = body.optional_fields()
+    if unsupported := [f for f in used if f not in getattr(target, "openai_fields", ())]:
+        hint = "; HITL_BACKEND=openai or vllm passes it on" if unsupported == ["response_format"] else ""
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"{', '.join(unsupported)}: not supported with HITL_BACKEND={settings.backend}{hint}")
+    defaults = getattr(target, "sampling_defaults", None) or {}
+
+    def pick(name: str) -> float | None:
+        for value in (getattr(body, name), getattr(settings, name)):
+            if value is not None:
+                return value
+        return defaults.get(name)
+
+    return SamplingParams(temperature=pick("temperature"), top_p=pick("top_p"), max_tokens=max_tokens,
+                          stop=tuple(body.stop or ()), seed=body.seed,
+                          upstream={f: body.model_dump(include={f}, exclude_none=True)[f] for f in used})
 
 
 def check_limits(body: ChatCompletionRequest, messages: list[dict], settings: Settings) -> None:
@@ -90,11 +103,11 @@ async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, set
                            _user: ServiceUser):
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     check_limits(body, messages, settings)
-    params = sampling(body, settings)
     is_new = body.conversation_id is None
     pinned = None if is_new else await run_in_threadpool(_conversation_version, body.conversation_id)
     conversation_id = body.conversation_id or new_id("conv")
     target = route(backend, conversation_id, pinned)
+    params = sampling(body, settings, target)
     reply_id, completion_id = new_id("msg"), new_id("chatcmpl")
     started = time.perf_counter()
 
@@ -120,7 +133,8 @@ async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, set
             raise backend_failure(exc) from exc
         info = HitlInfo(conversation_id=conversation_id, message_id=reply_id, model_version=first.model_version)
         return StreamingResponse(
-            _sse(events, first, info, completion_id, record), media_type="text/event-stream",
+            _sse(events, first, info, completion_id, record,
+                 bool(body.stream_options and body.stream_options.include_usage)), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
@@ -140,8 +154,9 @@ async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, set
 
 
 async def _sse(events: AsyncIterator, first: Started, info: HitlInfo, completion_id: str,
-               record: Callable[[Generation], None]) -> AsyncIterator[str]:
-    """SSE chunks; a failure mid-stream ends with an error event, a client gone away keeps its partial reply."""
+               record: Callable[[Generation], None], include_usage: bool = False) -> AsyncIterator[str]:
+    """SSE chunks; a failure mid-stream ends with an error event, a client gone away keeps its partial reply.
+    The finishing chunk carries `usage`; `include_usage` adds OpenAI's usage-only chunk (empty `choices`)."""
     model = first.model_version
     parts: list[str] = []
     finished = False
@@ -165,6 +180,8 @@ async def _sse(events: AsyncIterator, first: Started, info: HitlInfo, completion
                 usage = {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
                          "total_tokens": event.prompt_tokens + event.completion_tokens}
                 yield _data(chunk(completion_id, model, {}, event.finish_reason, usage=usage))
+                if include_usage:
+                    yield _data({**chunk(completion_id, model, {}), "choices": [], "usage": usage})
         yield "data: [DONE]\n\n"
     except Exception as exc:
         finished = True

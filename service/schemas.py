@@ -33,6 +33,24 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: plain text, any JSON object, or JSON matching `json_schema`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+# OpenAI request fields a backend may or may not honour (`Backend.openai_fields`); one it cannot is a 422 naming it
+OPTIONAL_FIELDS = ("response_format", "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call",
+                   "logprobs", "top_logprobs")
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(
         extra="ignore",
@@ -49,8 +67,27 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="Sampling seed (a 64-bit integer).")
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     stream: bool = False
+    stream_options: StreamOptions | None = Field(None, description="With `stream`: `include_usage` adds a last "
+                                                 "chunk with empty `choices` and the `usage`, as OpenAI does.")
+    response_format: ResponseFormat | None = Field(
+        None, description="Passed to an OpenAI-compatible upstream (`HITL_BACKEND=openai` or `vllm`); the local "
+        "backend answers 422.")
+    tools: list[dict[str, Any]] | None = Field(None, description="Not supported yet: 422 naming the field.")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="Not supported yet: 422 naming the field.")
+    parallel_tool_calls: bool | None = Field(None, description="Not supported yet: 422 naming the field.")
+    functions: list[dict[str, Any]] | None = Field(None, description="Not supported yet: 422 naming the field.")
+    function_call: str | dict[str, Any] | None = Field(None, description="Not supported yet: 422 naming the field.")
+    logprobs: bool | None = Field(None, description="Not supported yet: `true` is a 422 naming the field.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Not supported yet: 422 naming the field.")
     user: Text | None = Field(None, max_length=200, description="End-user id, kept with the conversation.")
     conversation_id: Text | None = Field(None, max_length=40, description="Continue this logged conversation.")
+
+    def optional_fields(self) -> list[str]:
+        """The `OPTIONAL_FIELDS` this request uses (`logprobs: false` and `response_format: text` ask for nothing)."""
+        used = [f for f in OPTIONAL_FIELDS if getattr(self, f) not in (None, False)]
+        if self.response_format is not None and self.response_format.type == "text":
+            used.remove("response_format")
+        return used
 
     @field_validator("stop")
     @classmethod

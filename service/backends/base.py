@@ -7,11 +7,23 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.7
-    top_p: float = 1.0
+    """`temperature` / `top_p` None: the upstream's own defaults (a remote backend sends no value)."""
+
+    temperature: float | None = 0.7
+    top_p: float | None = 1.0
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    upstream: dict = field(default_factory=dict, hash=False)  # OpenAI fields passed as given (`openai_fields`)
+
+
+def generation_defaults(generation_config) -> dict[str, float]:
+    """The sampling a checkpoint's `generation_config` asks for when a request sets none: greedy unless
+    `do_sample`, else its `temperature` and `top_p` (transformers' defaults 1.0 where it names none)."""
+    if not getattr(generation_config, "do_sample", False):
+        return {"temperature": 0.0, "top_p": 1.0}
+    return {"temperature": float(getattr(generation_config, "temperature", None) or 1.0),
+            "top_p": float(getattr(generation_config, "top_p", None) or 1.0)}
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,16 @@ class Busy(Unavailable):
 
 
 class Backend(ABC):
-    """Yields `Started`, then text deltas (`str`), then one `Generation`."""
+    """Yields `Started`, then text deltas (`str`), then one `Generation`.
+
+    `openai_fields`: the optional OpenAI request fields (`service.schemas.OPTIONAL_FIELDS`) it honours.
+    `sampling_defaults`: temperature / top_p for requests that set none; None: leave them to the upstream."""
+
+    openai_fields: frozenset[str] = frozenset()
+
+    @property
+    def sampling_defaults(self) -> dict[str, float] | None:
+        return None
 
     @abstractmethod
     def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Event]: ...

@@ -33,10 +33,11 @@ def upstream_errors() -> Iterator[None]:
 
 async def open_chat(client: AsyncOpenAI, model: str, messages: list[dict], params: SamplingParams):
     """Start a streamed chat completion upstream (raises the openai client's own errors)."""
-    return await client.chat.completions.create(
+    optional = {k: v for k, v in (("temperature", params.temperature), ("top_p", params.top_p),
+                                  ("stop", list(params.stop) or None), ("seed", params.seed)) if v is not None}
+    return await client.chat.completions.create(  # unset sampling fields: the upstream's (model's) defaults
         model=model, messages=messages, stream=True, stream_options={"include_usage": True},
-        temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
-        stop=list(params.stop) or None, seed=params.seed,
+        max_tokens=params.max_tokens, **optional, **params.upstream,
     )
 
 
@@ -63,6 +64,8 @@ async def relay(response, version: str) -> AsyncIterator[Event]:
 
 
 class RemoteBackend(Backend):
+    openai_fields = frozenset({"response_format"})
+
     def __init__(self, base_url: str, model: str, api_key: str = "EMPTY", timeout_s: float = 600):
         self._client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s)
         self._model = model

@@ -249,6 +249,8 @@ class Fleet:
 class VllmBackend(Backend):
     """One registry version served by the fleet (champion or challenger; both share one fleet)."""
 
+    openai_fields = frozenset({"response_format"})  # vLLM's structured outputs
+
     def __init__(self, fleet: Fleet, spec: Spec):
         self.fleet, self.spec = fleet, spec
         self._started = False
