@@ -18,6 +18,7 @@ from evaluators import tasks as evaluators_tasks
 from feedback import endpoints as feedback_endpoints
 from feedback.service import ERASERS, audit_user
 from feedback.tasks import check_queue_depth
+from hitl import metrics
 from hitl.ui import endpoints as ui_endpoints
 from retrain.datasets import endpoints as datasets_endpoints
 from retrain.datasets.erasure import erase as erase_from_snapshots
@@ -83,6 +84,7 @@ def start_webhooks() -> webhooks.Dispatcher:
 def create_app(backend: Backend | None = None) -> FastAPI:
     """Build the app from `HITL_*` settings; tests may pass a ready backend."""
     settings = get_settings()
+    metrics.register()
     if erase_from_snapshots not in ERASERS:
         ERASERS.append(erase_from_snapshots)
 
