@@ -18,7 +18,8 @@ RETRY_AFTER_S = 5
 DATABASE_UNAVAILABLE = "the database is unavailable; retry later"
 DISK_FULL = "the server's disk is full: nothing was stored; retry once space is freed"
 # how a full disk reads in SQLite's, PostgreSQL's (SQLSTATE 53100) and the OS's messages
-DISK_FULL_SIGNS = ("database or disk is full", "no space left on device", "could not extend file", "disk quota exceeded")
+DISK_FULL_SIGNS = ("database or disk is full", "no space left on device", "could not extend file",
+                   "disk quota exceeded")
 
 
 class ErrorOut(BaseModel):

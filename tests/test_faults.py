@@ -147,6 +147,7 @@ class Traffic:
     def __init__(self, url: str, key: str, replies: list[str]):
         self.url, self.key, self.replies = url, key, iter(replies)
         self.records: list[tuple[str, float, float, int, str | None, str | int | None]] = []
+        self.unexpected: list[str] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._loop, args=(kind,), daemon=True)
                         for kind in ("feedback",) * 4 + ("chat",) * 2]
@@ -177,6 +178,8 @@ class Traffic:
                     ack = response.json()["hitl"]["message_id"] if response.status_code == 200 else None
                 self.records.append((kind, sent, time.monotonic(), response.status_code,
                                      response.headers.get("retry-after"), ack))
+                if response.status_code not in (200, 201, 503):
+                    self.unexpected.append(f"{kind}: {response.status_code} {response.text[:300]}")
                 time.sleep(0.01)
 
 
@@ -211,20 +214,25 @@ def test_postgresql_stopped_mid_traffic(settings, monkeypatch):
     unavailable = [r for r in records if r[3] == 503]
     during = [r for r in records if down <= r[1] <= start_sent]  # sent while the cluster was down
     first_503 = min(r[2] for r in unavailable) - stop_sent if unavailable else None
-    slowest = max(r[2] - r[1] for r in during) if during else None
+    latencies = sorted(r[2] - r[1] for r in during)
+    slowest = latencies[-1] if latencies else None
+    p95 = latencies[int(0.95 * (len(latencies) - 1))] if latencies else None
     recovered = min((r[2] for r in records if r[1] > up and r[3] in (200, 201)), default=None)
     acked_feedback = [r[5] for r in records if r[0] == "feedback" and r[5] is not None]
     acked_chats = [r[5] for r in records if r[0] == "chat" and r[5] is not None]
     lost = (len(acked_feedback) - stored(Thumbs, acked_feedback)) + (len(acked_chats) - stored(Message, acked_chats))
     print(f"FIGURE PostgreSQL stopped: stop took {down - stop_sent:.2f} s; first 503 {first_503:.2f} s after the "
-          f"stop was sent; {len(during)} requests sent while down, all 503, slowest answer {slowest:.3f} s; "
+          f"stop was sent; {len(during)} requests sent while down, all 503, p95 answer {p95:.3f} s, slowest "
+          f"{slowest:.3f} s; "
           f"start took {up - start_sent:.2f} s, first success {recovered - up:.2f} s after it; "
           f"{len(acked_feedback)} feedback + {len(acked_chats)} chats acknowledged, {lost} lost; statuses {statuses}")
-    assert statuses <= {200, 201, 503}, statuses  # never a 500
+    assert statuses <= {200, 201, 503}, traffic.unexpected[:5]  # never a 500
     assert all(r[4] and int(r[4]) > 0 for r in unavailable)  # every 503 says when to retry
     assert during and all(r[3] == 503 for r in during)
     assert first_503 is not None and first_503 <= (down - stop_sent) + 1
-    assert slowest <= 1.0  # nothing waits or buffers for the database
+    # nothing waits or buffers for the database: answers within 1 s (a wait would last a connect or pool
+    # timeout, 5-30 s; the slowest may take a scheduling hiccup of a loaded 2-core machine on top)
+    assert p95 <= 1.0 and slowest <= 2.0
     assert recovered is not None and recovered - up < 10
     assert [r[3] for r in records if r[1] > recovered] and all(r[3] in (200, 201) for r in records if r[1] > recovered)
     assert lost == 0
@@ -278,8 +286,8 @@ def test_disk_full_is_a_clear_503_and_the_store_stays_consistent(settings, small
 
     def attempt(http: httpx.Client, kind: str) -> int:
         if kind == "feedback":
-            response = http.post("/v1/feedback", json={"message_id": next(replies), "thumbs": ("up", "down")[len(answers) % 2],
-                                                       "comment": "too short " * 20})
+            response = http.post("/v1/feedback", json={
+                "message_id": next(replies), "thumbs": ("up", "down")[len(answers) % 2], "comment": "too short " * 20})
         elif kind == "chat":
             response = http.post("/v1/chat/completions", json={
                 "messages": [{"role": "user", "content": "Hello " * 20}], "max_tokens": 4, "temperature": 0})
