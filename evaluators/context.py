@@ -105,8 +105,10 @@ class Context:
         """(summed reply log-prob, reply tokens) per (prompt, reply): memoised per model and item content."""
         return [tuple(x) for x in self._memo(scorer, "losses", items, lambda: scorer.score(items))]
 
-    def answers(self, scorer: Any, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
-        """Greedy replies, memoised per model, prompt content and decode settings."""
+    def answers(self, scorer: Any, prompts: list[list[dict]], max_new_tokens: int,
+                guesses: list[str] | None = None) -> list[str]:
+        """Greedy replies, memoised per model, prompt content and decode settings. `guesses` (another
+        version's greedy replies to the same prompts) only speed decoding up: the replies are the same."""
         return self._memo(scorer, "answers", {"prompts": prompts, "max_new_tokens": max_new_tokens,
                                               "decode": "greedy"},
-                          lambda: scorer.generate(prompts, max_new_tokens))
+                          lambda: scorer.generate(prompts, max_new_tokens, guesses=guesses))

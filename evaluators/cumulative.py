@@ -22,8 +22,8 @@ def run(ctx: Context, cfg) -> EvalResult:
     items = load_items(cfg.path, cfg.max_examples)
     if not items:
         return skipped(NAME, METRIC, f"insufficient evidence: no general forgetting set ({cfg.path or DEFAULT_SET})")
-    ref_ok, _ = correctness(ctx, ctx.reference, items, max_new)
-    cand_ok, _ = correctness(ctx, ctx.candidate, items, max_new)
+    ref_ok, ref_answers = correctness(ctx, ctx.reference, items, max_new)
+    cand_ok, _ = correctness(ctx, ctx.candidate, items, max_new, ref_answers)
     cols = churn(ref_ok, cand_ok)
     known, lost, gained = int(cols[:, 2].sum()), int(cols[:, 0].sum()), int(cols[:, 1].sum())
     value = point(cols, net_drop)

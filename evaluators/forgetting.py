@@ -41,9 +41,11 @@ def load_items(path: str | None = None, max_examples: int | None = None) -> list
     return [dict(item, id=str(item.get("id", i))) for i, item in enumerate(items)]
 
 
-def correctness(ctx: Context, scorer, items: list[dict], max_new_tokens: int) -> tuple[list[bool], list[str]]:
-    """Whether each greedy answer of `scorer` is correct, and the answers (cached per version and set)."""
-    replies = ctx.answers(scorer, [item["messages"] for item in items], max_new_tokens)
+def correctness(ctx: Context, scorer, items: list[dict], max_new_tokens: int,
+                guesses: list[str] | None = None) -> tuple[list[bool], list[str]]:
+    """Whether each greedy answer of `scorer` is correct, and the answers (cached per version and set);
+    `guesses`: another version's answers, to decode faster (`Context.answers`)."""
+    replies = ctx.answers(scorer, [item["messages"] for item in items], max_new_tokens, guesses)
     return [answers.correct(item, reply) for item, reply in zip(items, replies)], replies
 
 
@@ -82,7 +84,7 @@ def run(ctx: Context, cfg) -> EvalResult:
         return skipped(NAME, METRIC, "insufficient evidence: no general forgetting set found "
                                      f"({cfg.path or DEFAULT_SET}; set forgetting.path in the gate policy)")
     champ_ok, champ_answers = correctness(ctx, ctx.champion, items, cfg.max_new_tokens)
-    cand_ok, cand_answers = correctness(ctx, ctx.candidate, items, cfg.max_new_tokens)
+    cand_ok, cand_answers = correctness(ctx, ctx.candidate, items, cfg.max_new_tokens, champ_answers)
     cols = churn(champ_ok, cand_ok)
     known, lost, gained = int(cols[:, 2].sum()), int(cols[:, 0].sum()), int(cols[:, 1].sum())
     value = point(cols, net_drop)

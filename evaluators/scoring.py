@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from service.backends.local import load_model
+from service.backends.local import greedy_replies, load_model
 
 
 @dataclass
@@ -81,23 +81,9 @@ class Scorer:
         sums = torch.zeros(len(encoded), dtype=torch.float64).index_add_(0, rows_t, picked.double().cpu())
         return [(float(sums[i]), n_reply) for i, (_, n_reply) in enumerate(encoded)]
 
-    @torch.inference_mode()
-    def generate(self, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[str]:
-        """Greedy replies (left-padded batches of prompts of similar length)."""
-        tok = self.tokenizer
-        tok.padding_side = "left"
-        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        replies = [""] * len(texts)
-        for start in range(0, len(texts), self.batch_size):
-            batch = order[start:start + self.batch_size]
-            enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True,
-                      add_special_tokens=False).to(self.device)
-            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            for i, text in zip(batch, tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)):
-                replies[i] = text.strip()
-        return replies
+    def generate(self, prompts: list[list[dict]], max_new_tokens: int = 64, guesses: list[str] | None = None) -> list[str]:
+        """Greedy replies; `guesses` (another version's greedy replies) are verified first, see `greedy_replies`."""
+        return greedy_replies(self.model, self.tokenizer, prompts, max_new_tokens, self.batch_size, guesses)
 
 
 def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:

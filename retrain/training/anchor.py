@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from service.backends.local import greedy_replies
+
 
 def anchor_kl(student_logits: torch.Tensor, champion_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean over reply tokens of KL(champion ‖ student) for the next-token distributions."""
@@ -24,7 +26,6 @@ def anchor_kl(student_logits: torch.Tensor, champion_logits: torch.Tensor, label
     return F.kl_div(student, champion, log_target=True, reduction="batchmean")
 
 
-@torch.inference_mode()
 def champion_replies(model, tokenizer, anchors: list[dict], max_new_tokens: int, batch_size: int = 16) -> list[dict]:
     """The anchors with their last reply replaced by the champion's own greedy reply (`model` before the new
     LoRA). The KL then holds the positions greedy decoding visits: the first tokens of a short answer decide
@@ -32,22 +33,9 @@ def champion_replies(model, tokenizer, anchors: list[dict], max_new_tokens: int,
     them. 0 `max_new_tokens`: the anchors as they are."""
     if not anchors or max_new_tokens <= 0:
         return anchors
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    prompts = [tokenizer.apply_chat_template(a["messages"][:-1], tokenize=False, add_generation_prompt=True)
-               for a in anchors]
-    unique = list(dict.fromkeys(prompts))  # a repeated prompt is decoded once
-    replies: dict[str, str] = {}
-    try:
-        for start in range(0, len(unique), batch_size):
-            batch = unique[start:start + batch_size]
-            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            replies |= zip(batch, tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = side
-    return [a | {"messages": a["messages"][:-1] + [{"role": "assistant", "content": replies[p].strip()}]}
-            for a, p in zip(anchors, prompts)]  # an empty reply still holds where the champion stops
+    replies = greedy_replies(model, tokenizer, [a["messages"][:-1] for a in anchors], max_new_tokens, batch_size)
+    return [a | {"messages": a["messages"][:-1] + [{"role": "assistant", "content": reply}]}
+            for a, reply in zip(anchors, replies)]  # an empty reply still holds where the champion stops
 
 
 def anchored(trainer_cls):

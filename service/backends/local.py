@@ -60,6 +60,79 @@ def _load(base_path: str | Path, adapter_path: str | Path | None, device: str | 
     return model.to(dev).eval(), tokenizer
 
 
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a chat prompt, ready for the assistant's reply."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.inference_mode()
+def greedy_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 16,
+                   guesses: list[str] | None = None) -> list[str]:
+    """Greedy replies to chat prompts, as `model.generate(do_sample=False)` gives them; a repeated prompt is
+    decoded once. `guesses` (say another version's greedy replies to the same prompts) are checked first in
+    one teacher-forced pass: the prefix of a guess on which the model's own argmax agrees token by token *is*
+    its greedy output, so only the rest is decoded. After a small LoRA update most replies need no decoding."""
+    eos, device = tokenizer.eos_token_id, next(model.parameters()).device
+    keys = [repr(p) for p in prompts]
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}  # each distinct prompt once
+    heads = {i: chat_prompt_ids(tokenizer, prompts[i]) for i in first.values()}
+    verified: dict[int, list[int]] = {i: [] for i in heads}  # reply tokens known to be greedy
+    finished: set[int] = set()
+    if guesses is not None:
+        for i in heads:
+            tail = tokenizer(guesses[i], add_special_tokens=False)["input_ids"][:max_new_tokens]
+            verified[i] = tail + ([eos] if len(tail) < max_new_tokens else [])
+        _verify(model, heads, verified, finished, batch_size, eos, max_new_tokens, device)
+    todo = sorted((i for i in heads if i not in finished), key=lambda i: len(heads[i]) + len(verified[i]))
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            rows = [heads[i] + verified[i] for i in batch]
+            width = max(map(len, rows))
+            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+            budget = max(max_new_tokens - len(verified[i]) for i in batch)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=budget, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+            for i, new in zip(batch, out[:, width:].tolist()):
+                verified[i] += new[: max_new_tokens - len(verified[i])]
+    finally:
+        tokenizer.padding_side = side
+    texts = {i: tokenizer.decode(t[: t.index(eos)] if eos in t else t, skip_special_tokens=True).strip()
+             for i, t in verified.items()}
+    return [texts[first[k]] for k in keys]
+
+
+def _verify(model, heads: dict[int, list[int]], guess: dict[int, list[int]], finished: set[int], batch_size: int,
+            eos: int, max_new_tokens: int, device: torch.device) -> None:
+    """Cut each guess (in place) to the prefix the model's argmax confirms plus the model's own next token;
+    mark as finished the rows whose greedy reply is then complete (it ended or reached `max_new_tokens`)."""
+    order = sorted(heads, key=lambda i: len(heads[i]) + len(guess[i]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        rows = [heads[i] + guess[i] for i in batch]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=device)  # right padding
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        spans = [(len(heads[i]) - 1, len(heads[i]) - 1 + len(guess[i])) for i in batch]  # state t predicts t+1
+        rows_t = torch.tensor([r for r, (a, b) in enumerate(spans) for _ in range(a, b)], dtype=torch.long)
+        cols_t = torch.tensor([c for a, b in spans for c in range(a, b)], dtype=torch.long)
+        decoder, head = getattr(model, "get_decoder", lambda: None)(), model.get_output_embeddings()
+        if decoder is not None and head is not None:  # the 49k-vocabulary head on the guessed positions only
+            picked = head(decoder(input_ids=ids, attention_mask=mask).last_hidden_state[rows_t, cols_t]).argmax(-1)
+        else:
+            picked = model(input_ids=ids, attention_mask=mask).logits[rows_t, cols_t].argmax(-1)
+        picked, at = picked.tolist(), 0
+        for (a, b), i in zip(spans, batch):
+            g, own, at = guess[i], picked[at: at + b - a], at + b - a  # the model's choice at each guessed position
+            agree = next((k for k, (a, b) in enumerate(zip(own, g)) if a != b), len(g))
+            guess[i] = g[:agree] + ([own[agree]] if agree < len(g) else [])
+            if guess[i][-1:] == [eos] or len(guess[i]) >= max_new_tokens:
+                finished.add(i)
+
+
 @dataclass
 class _Request:
     messages: list[dict]
@@ -349,9 +422,7 @@ class _Batch:
 
 
 def _prompt_ids(loaded: _Loaded, request: _Request) -> list[int]:
-    tok = loaded.tokenizer
-    text = tok.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ids = chat_prompt_ids(loaded.tokenizer, request.messages)
     if len(ids) + request.params.max_tokens > loaded.max_positions:
         raise BadRequest(f"prompt ({len(ids)} tokens) plus max_tokens ({request.params.max_tokens}) exceeds the "
                          f"context window of {loaded.max_positions} tokens")

@@ -21,7 +21,7 @@ class Counting:
         self.version, self.known, self.nll = version, set(known), nll
         self.calls = {"generate": 0, "score": 0}
 
-    def generate(self, prompts, max_new_tokens=64):
+    def generate(self, prompts, max_new_tokens=64, guesses=None):
         self.calls["generate"] += 1
         return [f"It is {p[-1]['content'].split()[-1].rstrip('?')}." if p[-1]["content"] in self.known else "No idea."
                 for p in prompts]

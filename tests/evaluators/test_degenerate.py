@@ -36,10 +36,27 @@ SWAPPED = [(q, WORDS[(i + 1) % len(WORDS)]) for i, (q, _) in enumerate(FACTS)]  
 NEW = [("What is word 16?", "jumps"), ("What is word 17?", "Thanks")]  # taught by the 2-row eval set's candidate
 SYSTEM = [{"role": "system", "content": "Answer with one word."}]  # dpo.test prompts: other rows than dpo.train
 
-# LoRA on the tiny model: the logits stay near uniform (its tied embeddings are ~0.02), but greedy decoding
-# only needs the right token on top: 800 constant-rate steps get 15 of the 16 facts (~20 s on one thread).
+# LoRA on the tiny model: with its tied embeddings at init scale (~0.02) the logits stay near uniform and
+# whether a fact comes out on top depended on the CPU's arithmetic (1 of 16 on one machine, 15 on another).
+# This module's tiny model has embeddings 5x larger: 800 constant-rate steps get all 16 facts.
 METHOD = {"effective_batch_size": 16, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "max_length": 64,
           "warmup_ratio": 0.0, "lr_scheduler_type": "constant"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny model with sharper logits (embeddings x5), for this module's trained champion and candidates."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.factories import build_tiny_model
+
+    path = build_tiny_model(tmp_path_factory.mktemp("sharp-tiny-model"))
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(5.0)
+    model.save_pretrained(path)
+    return path
 
 
 def _config(steps: int, lr: float):
@@ -210,7 +227,7 @@ class Crafted:
     def __init__(self, version: str, known: set[str]):
         self.version, self.known, self.loaded = version, known, True
 
-    def generate(self, prompts, max_new_tokens=64):
+    def generate(self, prompts, max_new_tokens=64, guesses=None):
         return [f"It is {p[-1]['content'].split()[-1].rstrip('?')}." if p[-1]["content"] in self.known else "No idea."
                 for p in prompts]
 

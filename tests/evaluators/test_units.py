@@ -18,7 +18,7 @@ class StubScorer:
     def __init__(self, version: str, answers: dict[str, str] | None = None, likes: str = "A"):
         self.version, self.answers, self.likes = version, answers or {}, likes
 
-    def generate(self, prompts, max_new_tokens=64):
+    def generate(self, prompts, max_new_tokens=64, guesses=None):
         return [self.answers.get(p[-1]["content"], "") for p in prompts]
 
     def score(self, items):

@@ -156,3 +156,26 @@ def test_canary_share_is_uniform_and_stable():
     assert 0.22 < share < 0.28
     assert not any(in_canary(i, 0.0) for i in ids) and all(in_canary(i, 1.0) for i in ids)
     assert [in_canary(i, 0.25) for i in ids[:50]] == [in_canary(i, 0.25) for i in ids[:50]]
+
+
+def test_greedy_replies_verified_from_guesses_equal_plain_greedy_decoding(tiny_model_dir):
+    """Guesses only save decoding: right, partly right, wrong and empty guesses give the model's own replies."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from service.backends.local import greedy_replies
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model, other = (AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval() for _ in range(2))
+    torch.manual_seed(0)
+    with torch.no_grad():  # sharper logits than a random init (whose argmax is always the end token); `other`
+        for p, q in zip(model.parameters(), other.parameters()):  # is another version: the same, nudged
+            p.mul_(20)
+            q.copy_(p + torch.randn_like(p) * 0.5)
+    prompts = [[{"role": "user", "content": q}] for q in ("What is a wavelength", "Hi", "Name three rivers.", "Hi")]
+    plain = greedy_replies(model, tok, prompts, max_new_tokens=8)
+    assert plain[1] == plain[3] and len(set(plain)) > 1
+    for guesses in (plain, greedy_replies(other, tok, prompts, 8), [r[: len(r) // 2] for r in plain],
+                    ["", "zz", "", "no"]):
+        assert greedy_replies(model, tok, prompts, max_new_tokens=8, guesses=guesses) == plain
+
