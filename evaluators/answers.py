@@ -9,7 +9,7 @@
   punctuation ignored: "Washington, D.C." = "washington dc", "forty-two" = "forty two"; "365" does not
   match "3650"), that occurrence is not negated ("not", "no", "never", "...n't", "instead of",
   "rather than" among the 3 words before it, within the same clause), and, for the closed categories
-  (capital, element, state capital, arithmetic), no other item's answer of that category is asserted
+  (capital, element, state capital, arithmetic, continent, calendar), no other item's answer of that category is asserted
   before it ("The capital of Australia is Sydney, not Canberra" is wrong; words of the question itself
   are not counted as competing answers).
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from evaluators.golden import REFUSAL
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "forgetting.jsonl"
-CLOSED = frozenset({"capital", "element", "state_capital", "arithmetic"})
+CLOSED = frozenset({"capital", "element", "state_capital", "arithmetic", "continent", "calendar"})
 MAX_SENTENCES, MAX_WORDS, NEGATION_WINDOW = 2, 60, 3
 
 _NEGATORS = frozenset({"not", "no", "never", "nor"})

