@@ -1,7 +1,9 @@
 """Golden prompts: operator-written prompts with must-contain / must-not-contain / refusal expectations,
 decoded greedily. The candidate may not fail a prompt that the champion passes (beyond `max_regressions`, 0 by
 default). Golden prompts are operator specifications, not a sample of anything: a hard rule, no statistics,
-no minimum n."""
+no minimum n. Being the operator's specification, they are also held during training: `anchor_rows` makes
+them anchor rows (the KL to the champion's own replies), so a fine-tune keeps them rather than only being
+caught breaking them."""
 
 import re
 from pathlib import Path
@@ -29,6 +31,13 @@ def load_prompts(path: str | Path | None = None) -> list[dict]:
                         "must_not_contain": list(item.get("must_not_contain", [])),
                         "refusal": item.get("refusal"), "max_tokens": int(item.get("max_tokens", 64))})
     return prompts
+
+
+def anchor_rows(path: str | Path | None = None) -> list[dict]:
+    """The golden prompts as SFT anchor rows (the reply is replaced by the champion's own when training starts)."""
+    return [{"messages": [*p["messages"], {"role": "assistant", "content": ""}],
+             "lineage": {"source": "anchor", "origin": "golden", "group": f"golden:{p['id']}"}}
+            for p in load_prompts(path)]
 
 
 def verdict(prompt: dict, answer: str) -> list[str]:

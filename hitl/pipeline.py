@@ -135,7 +135,7 @@ def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, 
         method = stage["method"]
         train_rows = runs.load_rows(snapshot, method, "train")
         eval_rows = runs.load_rows(snapshot, method, "validation")
-        anchors = runs.load_rows(snapshot, "sft", "anchor") if method == "sft" else []
+        anchors = runs.load_rows(snapshot, "sft", "anchor") + golden_anchors() if method == "sft" else []
         result = run_stage(method, config, base_path=base_path, merge=[champ_adapter, *finals], train=train_rows,
                            eval_rows=eval_rows, out=out / "stages" / f"{i}-{method}", sink=sink,
                            search=bool(plan.get("search")) and i == 0, hw=hw, anchors=anchors)
@@ -165,6 +165,16 @@ def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, 
                 run.metrics = {**copy.deepcopy(run.metrics or {}), "compression": compression}
                 session.add(run)
     return candidate, base_path
+
+
+def golden_anchors() -> list[dict]:
+    """The gate policy's golden prompts as anchor rows: the operator's specification is held while training.
+    (On 30 zsh FAQ corrections SmolLM2 twice lost "What is the capital of France?" -> Paris, answering in
+    French, with its general answers otherwise even: lost 22, gained 24 of 512.)"""
+    from evaluators.gate import load_policy
+    from evaluators.golden import anchor_rows
+
+    return anchor_rows((load_policy().get("golden") or {}).get("path"))
 
 
 def is_main() -> bool:

@@ -192,6 +192,8 @@ def test_stages_and_champions_chain_into_one_stacked_adapter(settings, tmp_path)
     with session_scope() as session:
         first = session.get(RetrainRun, first.id)
         assert [s["method"] for s in first.plan["stages"]] == ["sft", "dpo"]
+        # the snapshot has no anchor rows: SFT is held on the golden prompts alone (the operator's spec)
+        assert first.metrics["stages"]["0-sft"]["anchor_rows"] == len(pipeline.golden_anchors()) == 5
         v1 = session.get(ModelVersion, first.candidate_version)
         assert json.loads((Path(v1.adapter_path) / "adapter_config.json").read_text())["r"] == 8  # 4 + 4
         session.get(ModelAlias, "champion").version = v1.version  # as the evaluators would promote it
