@@ -31,25 +31,29 @@ def upstream_errors() -> Iterator[None]:
         raise BackendError(f"upstream failed: {exc.message}", 502) from exc
 
 
-async def open_chat(client: AsyncOpenAI, model: str, messages: list[dict], params: SamplingParams):
-    """Start a streamed chat completion upstream (raises the openai client's own errors)."""
+async def open_chat(client: AsyncOpenAI, model: str, messages: list[dict], params: SamplingParams,
+                    logprobs: bool = False):
+    """Start a streamed chat completion upstream (raises the openai client's own errors); `logprobs` asks for the
+    sampled tokens' log-probs, whose mean the review queue reads as the model's confidence."""
     optional = {k: v for k, v in (("temperature", params.temperature), ("top_p", params.top_p),
                                   ("stop", list(params.stop) or None), ("seed", params.seed)) if v is not None}
     return await client.chat.completions.create(  # unset sampling fields: the upstream's (model's) defaults
         model=model, messages=messages, stream=True, stream_options={"include_usage": True},
-        max_tokens=params.max_tokens, **optional, **params.upstream,
+        max_tokens=params.max_tokens, **optional, **params.upstream, **({"logprobs": True} if logprobs else {}),
     )
 
 
 async def relay(response, version: str) -> AsyncIterator[Event]:
     """An upstream stream as backend events, stamped with the registry `version` that answers."""
-    parts, finish, usage = [], "stop", None
+    parts, finish, usage, logprobs = [], "stop", None, []
     yield Started(version, 0)
     with upstream_errors():
         async for chunk in response:
             if chunk.usage:
                 usage = chunk.usage
             for choice in chunk.choices:
+                if choice.logprobs and choice.logprobs.content:
+                    logprobs += [t.logprob for t in choice.logprobs.content]
                 if choice.delta.content:
                     parts.append(choice.delta.content)
                     yield choice.delta.content
@@ -59,7 +63,7 @@ async def relay(response, version: str) -> AsyncIterator[Event]:
         text="".join(parts), model_version=version,
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else len(parts),
-        finish_reason=finish,
+        finish_reason=finish, mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
     )
 
 

@@ -287,7 +287,7 @@ class VllmBackend(Backend):
         while True:
             replica = self.fleet.pick(tried)
             try:
-                response = await open_chat(replica.client, replica.model_for(spec), messages, params)
+                response = await open_chat(replica.client, replica.model_for(spec), messages, params, logprobs=True)
                 break
             except (openai.APIConnectionError, openai.NotFoundError) as exc:  # down, or restarted without it
                 tried.add(replica)

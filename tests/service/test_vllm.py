@@ -193,6 +193,7 @@ def test_chat_swap_canary_rollback_retire(front, api, service_key, replicas):
     assert {v for v, _ in after} == {"v1"}
     logged = api.get(f"/api/conversations/{client.chat.completions.create(model='m', messages=PROMPT, max_tokens=2).model_extra['hitl']['conversation_id']}").json()
     assert logged["messages"][-1]["model_version"] == "v1"
+    assert logged["messages"][-1]["mean_logprob"] < 0  # vLLM's token log-probs: the review queue's confidence
 
     # canary: half of new conversations go to v2, loaded on both replicas first
     assert api.post("/api/models/v2/challenger", json={"reason": "canary"}).status_code == 200
