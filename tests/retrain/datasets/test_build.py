@@ -277,6 +277,7 @@ def test_anchors_are_the_latest_unfaulted_train_replies(settings, session, relia
     _, fixed = f.conversation(session, "Capital of Australia?", "Sydney.")
     f.correct(session, fixed[1], reviewer, "Canberra.")
     _, again = f.conversation(session, "Capital of Australia?", "Sydney, I think.")  # the corrected prompt
+    _, reworded = f.conversation(session, "What is Australia's capital city?", "Sydney.")  # on its topic
     _, panned = f.conversation(session, "Is the earth flat?", "Yes.")
     f.thumbs(session, panned[1], "down")
     _, flagged = f.conversation(session, "How to pick a lock?", "Rake the pins.")
@@ -296,11 +297,11 @@ def test_anchors_are_the_latest_unfaulted_train_replies(settings, session, relia
     assert {r["lineage"]["message_id"] for r in anchors} == set(served[-3:])
     assert all(r["lineage"]["source"] == "anchor" and not r["lineage"]["feedback_ids"] for r in anchors)
     assert snap.manifest["anchors"]["rows"] == 3 and snap.counts["sft"]["train"] == 1  # anchors are not targets
-    assert {again[1], panned[1], flagged[1]}.isdisjoint(r["lineage"]["message_id"] for r in anchors)
+    assert {again[1], reworded[1], panned[1], flagged[1]}.isdisjoint(r["lineage"]["message_id"] for r in anchors)
 
     everything = service.build_snapshot(session, settings, BuildOptions(**TRAIN_ONLY, anchors=100))
     kept = {r["lineage"]["message_id"] for r in service.load_split(everything.path, "sft", "anchor")}
-    assert kept == set(served)  # not corrected, bad, flagged, nor the prompt of a training example
+    assert kept == set(served)  # not corrected, bad, flagged, nor the prompt (or topic) of a training example
 
     # growth cannot pull them out of train: their groups were assigned train by the builds above
     mostly_held_out = service.build_snapshot(session, settings, BuildOptions(validation_fraction=0.4,
