@@ -397,6 +397,18 @@ def refusals(wheels: Path, rng: random.Random) -> list[dict]:
     return out
 
 
+def demo_questions() -> set[str]:
+    """The questions the demo's end users ask (demo/data trivia and everyday): they are reviewed, then trained
+    on or held as anchors, so in the gate's set the candidate would train on the gate's own prompts."""
+    found = set()
+    for path in (HERE.parents[1] / "demo" / "data" / name for name in ("trivia.jsonl", "everyday.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                question = json.loads(line).get("question")
+                found |= {question.strip().lower()} if isinstance(question, str) else set()
+    return found
+
+
 def build(wheels: Path) -> list[dict]:
     rows = []
     for name, make in [("capital", lambda r: capitals(wheels, r)), ("element", lambda r: elements(wheels, r)),
@@ -404,6 +416,8 @@ def build(wheels: Path) -> list[dict]:
                        ("continent", lambda r: continents(wheels, r)), ("calendar", calendar_facts),
                        ("instruction", lambda r: instructions(wheels, r)), ("refusal", lambda r: refusals(wheels, r))]:
         rows += make(random.Random(f"{SEED}-{name}"))
+    asked = demo_questions()
+    rows = [r for r in rows if r["messages"][-1]["content"].strip().lower() not in asked]
     ids = [r["id"] for r in rows]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
