@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from service.backends.local import greedy_replies, load_model
+from service.backends.local import greedy_replies, load_model, logits_at
 
 
 @dataclass
@@ -63,20 +63,14 @@ class Scorer:
 
     def _reply_logprobs(self, ids: torch.Tensor, mask: torch.Tensor,
                         encoded: list[tuple[list[int], int]]) -> list[tuple[float, int]]:
-        """Summed log-probs of the reply tokens. The output head runs on the reply positions only (on a
-        49k vocabulary it costs more than the rest of a 135M model over the whole sequence)."""
-        decoder, head = getattr(self.model, "get_decoder", lambda: None)(), self.model.get_output_embeddings()
+        """Summed log-probs of the reply tokens (the output head on the reply positions only: `logits_at`)."""
         rows, cols = [], []
         for i, (row, n_reply) in enumerate(encoded):
             end = len(row) - 1  # the hidden state at t predicts token t+1
             rows += [i] * n_reply
             cols += list(range(end - n_reply, end))
         rows_t, cols_t = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
-        if decoder is not None and head is not None:
-            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            logits = head(hidden[rows_t, cols_t]).float()
-        else:
-            logits = self.model(input_ids=ids, attention_mask=mask).logits[rows_t, cols_t].float()
+        logits = logits_at(self.model, ids, mask, rows_t, cols_t).float()
         picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[rows_t, cols_t + 1][:, None])[:, 0]
         sums = torch.zeros(len(encoded), dtype=torch.float64).index_add_(0, rows_t, picked.double().cpu())
         return [(float(sums[i]), n_reply) for i, (_, n_reply) in enumerate(encoded)]
