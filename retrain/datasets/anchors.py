@@ -14,11 +14,11 @@ champion's old answer while the example teaches the new one: in a harness run, 1
 corrected zsh questions became anchors and the candidate learned 13 of 21 corrections.
 """
 
-import re
 from collections import Counter
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from feedback.quality import tokens
 from retrain.datasets.common import Assessment, Example, Prep, lineage, overall_verdict
 
 TOPIC_SHARE = 0.5  # an anchor sharing this share of its content words with an SFT example's question is left out
@@ -27,7 +27,7 @@ TOPIC_SHARE = 0.5  # an anchor sharing this share of its content words with an S
 def topic_words(prompt: list[dict]) -> frozenset[str]:
     """Content words of a prompt's last user turn (English stop words and single characters dropped)."""
     text = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
-    return frozenset(w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 1 and w not in ENGLISH_STOP_WORDS)
+    return frozenset(w for w in tokens(text) if len(w) > 1 and w not in ENGLISH_STOP_WORDS)
 
 
 def frequent_words(topics: list[frozenset[str]], share: float = 0.25, at_least: int = 3) -> frozenset[str]:
