@@ -16,15 +16,22 @@ from service.models import ModelAlias
 log = logging.getLogger(__name__)
 
 
+def _families():
+    return (GaugeMetricFamily("hitl_review_queue_open", "Open review items waiting for a reviewer", labels=["reason"]),
+            CounterMetricFamily("hitl_reviews_submitted", "Review items submitted, per reviewer", labels=["reviewer"]),
+            CounterMetricFamily("hitl_retrain_runs", "Retrain runs by status (final or current)", labels=["status"]),
+            GaugeMetricFamily("hitl_model_alias_info", "1 for the version each alias (champion, challenger) points at",
+                              labels=["alias", "version"]),
+            GaugeMetricFamily("hitl_store_up", "1 when the database answered this scrape"))
+
+
 class StoreCollector(Collector):
+    def describe(self):
+        """The families without values: registering reads no database (it ran before the migrations)."""
+        return _families()
+
     def collect(self):
-        queue = GaugeMetricFamily("hitl_review_queue_open", "Open review items waiting for a reviewer", labels=["reason"])
-        reviews = CounterMetricFamily("hitl_reviews_submitted", "Review items submitted, per reviewer",
-                                      labels=["reviewer"])
-        runs = CounterMetricFamily("hitl_retrain_runs", "Retrain runs by status (final or current)", labels=["status"])
-        aliases = GaugeMetricFamily("hitl_model_alias_info", "1 for the version each alias (champion, challenger) "
-                                    "points at", labels=["alias", "version"])
-        up = GaugeMetricFamily("hitl_store_up", "1 when the database answered this scrape")
+        queue, reviews, runs, aliases, up = _families()
         try:
             with session_scope() as session:
                 for reason, n in session.exec(
