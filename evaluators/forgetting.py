@@ -10,6 +10,14 @@ bound of the net drop is within `answer_margin` and that of the relative loss in
 within `loss_margin`: a drop that is merely "not significant" on a dozen known answers does not pass,
 it is insufficient evidence (below `min_n` known answers) or a failure (bound beyond the margin).
 
+Near the training data: the same net drop on the items on the topic of a question the candidate trained on
+(`feedback.quality.on_topic`: the item shares at least half of its content words with a train question of the
+snapshot, the training set's frequent words aside; anchor rows are held, not taught, and do not count). A
+LoRA update moves most what it was trained on, and a diluted loss hides there: 30 corrections teaching wrong
+facts can cost a few known answers of a 500-item set. The gate fails when the harm there is established (its
+*lower* bound beyond `answer_margin` on at least `result.MIN_BOUND_N` known items); a new domain usually has no
+such items, and a few right corrections of general facts rarely lose their neighbours.
+
 Domain set (`domain_forgetting`): the sft.test rows with `lineage.origin == "approved"`, the champion's own
 replies that reviewers rated well. The candidate's loss on them may not rise beyond `loss_margin` (upper
 bound, bootstrapped over question groups). Not applicable with fewer than `min_n` such rows."""
@@ -23,8 +31,9 @@ from evaluators import answers
 from evaluators import policy as P
 from evaluators.context import Context, content_hash, row_group
 from evaluators.heldout import nll_columns, token_loss
-from evaluators.result import EvalResult, bounds, harm_verdict, not_applicable, point, ratio, skipped
+from evaluators.result import MIN_BOUND_N, EvalResult, bounds, harm_verdict, not_applicable, point, ratio, skipped
 from evaluators.scoring import split_sft
+from feedback.quality import frequent_words, on_topic, topic_words
 
 NAME, METRIC = "forgetting", "net answer drop on the general set vs champion ((lost - gained) / known)"
 DOMAIN, DOMAIN_METRIC = "domain_forgetting", "relative loss increase on approved champion replies (sft.test)"
@@ -65,6 +74,30 @@ def by_category(items: list[dict], **flags: list[bool]) -> dict[str, dict]:
     return {cat: {"n": row["n"], **{k: row[k] / row["n"] for k in flags}} for cat, row in sorted(out.items())}
 
 
+def near_training(ctx: Context, items: list[dict]) -> list[int]:
+    """Indices of the items on the topic of a question the candidate trained on (the snapshot's train rows)."""
+    prompts = [split_sft(r)[0] for r in ctx.split("sft", "train")
+               if (r.get("lineage") or {}).get("source") != "anchor"]
+    prompts += [r["prompt"] for kind in ("dpo", "kto") for r in ctx.split(kind, "train")]
+    topics = [topic_words(p) for p in prompts]
+    common = frequent_words(topics)
+    topics = list({t - common for t in topics})
+    return [i for i, item in enumerate(items) if on_topic(topic_words(item["messages"]) - common, topics)]
+
+
+def near_verdict(cols: np.ndarray, margin: float, confidence: float) -> dict:
+    """The net drop on the items near the training data; `passed` False only when the harm is established."""
+    known, lost, gained = (int(cols[:, k].sum()) for k in (2, 0, 1))
+    value = point(cols, net_drop) if known else None
+    ci = bounds(cols, net_drop, confidence=confidence) if known else None
+    failed = known >= MIN_BOUND_N and ci is not None and ci[0] > margin
+    verdict = (f"lower bound {ci[0]:.3g} exceeds the margin {margin:g}" if failed else
+               f"no established harm ({known} known, lower bound {ci[0]:.3g})" if ci and known >= MIN_BOUND_N else
+               f"{known} known items near the training data (a verdict needs {MIN_BOUND_N})")
+    return {"items": len(cols), "known": known, "lost": lost, "gained": gained, "net_drop": value,
+            "ci": list(ci) if ci else None, "passed": not failed, "verdict": verdict}
+
+
 def set_hash(items: list[dict], max_new_tokens: int) -> str:
     return content_hash([(i["id"], i["messages"]) for i in items], max_new_tokens)
 
@@ -90,6 +123,9 @@ def run(ctx: Context, cfg) -> EvalResult:
     value = point(cols, net_drop)
     ci = bounds(cols, net_drop, confidence=cfg.confidence)
     answers_verdict = harm_verdict(value, ci, cfg.answer_margin, known, cfg.min_n)
+    near = near_training(ctx, items)
+    near_check = near_verdict(cols[near], cfg.answer_margin, cfg.confidence)
+    near_check["lost_prompts"] = [items[i]["messages"][-1]["content"] for i in near if cols[i, 0]][:20]
 
     refs = [(item["messages"], item["reference"]) for item in items if item.get("reference")]
     loss_value, loss_ci, loss_verdict, cand_loss, champ_loss = None, None, (None, "insufficient", "no references"), None, None
@@ -102,6 +138,8 @@ def run(ctx: Context, cfg) -> EvalResult:
         loss_verdict = harm_verdict(loss_value, loss_ci, cfg.loss_margin, len(refs), cfg.min_n)
         cand_loss, champ_loss = token_loss(cand_scores), token_loss(champ_scores)
     passed, evidence = _combine(answers_verdict, loss_verdict)
+    if not near_check["passed"]:
+        passed = False
 
     ids = [item["id"] for item in items]
     lost_ids = [ids[i] for i in np.flatnonzero(cols[:, 0])]
@@ -110,7 +148,9 @@ def run(ctx: Context, cfg) -> EvalResult:
     note = (f"answers: lost {lost} of the {known} the champion knew, gained {gained}: net drop {value:.1%}, "
             f"upper bound {ci[1] if ci else float('nan'):.1%} (margin {cfg.answer_margin:.0%}; {answers_verdict[2]}); "
             f"loss increase {loss_value if loss_value is not None else float('nan'):+.1%}, upper bound "
-            f"{loss_ci[1] if loss_ci else float('nan'):+.1%} (margin {cfg.loss_margin:.0%}; {loss_verdict[2]})")
+            f"{loss_ci[1] if loss_ci else float('nan'):+.1%} (margin {cfg.loss_margin:.0%}; {loss_verdict[2]}); "
+            f"near the training data: lost {near_check['lost']} of {near_check['known']} known, gained "
+            f"{near_check['gained']} ({near_check['verdict']})")
     return EvalResult(
         name=NAME, metric=METRIC, value=value, threshold=cfg.answer_margin, passed=passed, ci=ci,
         candidate=cand_acc, champion=champ_acc, n=known, note=note, evidence=evidence, min_n=cfg.min_n,
@@ -123,6 +163,7 @@ def run(ctx: Context, cfg) -> EvalResult:
                  "loss_increase": loss_value, "loss_ci": list(loss_ci) if loss_ci else None,
                  "loss_margin": cfg.loss_margin, "loss_verdict": loss_verdict[2],
                  "candidate_loss": cand_loss, "champion_loss": champ_loss,
+                 "near_training": near_check,
                  "lost_ids": lost_ids, "gained_ids": gained_ids,
                  "lost_prompts": [items[i]["messages"][-1]["content"] for i in np.flatnonzero(cols[:, 0])][:20],
                  "per_category": by_category(items, candidate=cand_ok, champion=champ_ok),

@@ -28,12 +28,13 @@ ratings and gold marks made at or before that time):
 
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 import krippendorff
 import numpy as np
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from sqlmodel import Session, col, select
 
 from core.settings import Settings, get_settings
@@ -198,6 +199,26 @@ def reviewer_reliability(session: Session, as_of: datetime | None = None,
 
 def tokens(text: str) -> list[str]:
     return re.findall(r"\w+", text.casefold())
+
+
+TOPIC_SHARE = 0.5  # a question sharing this share of its content words with another is on its topic
+
+
+def topic_words(prompt: list[dict]) -> frozenset[str]:
+    """Content words of a prompt's last user turn (English stop words and single characters dropped)."""
+    text = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+    return frozenset(w for w in tokens(text) if len(w) > 1 and w not in ENGLISH_STOP_WORDS)
+
+
+def frequent_words(topics: list[frozenset[str]], share: float = 0.25, at_least: int = 3) -> frozenset[str]:
+    """Words in at least `share` of the examples' questions (and `at_least` of them): the domain's or a
+    template's words ("zsh", "tell ... please"), which say nothing about which question it is."""
+    counts = Counter(w for t in topics for w in t)
+    return frozenset(w for w, n in counts.items() if n >= max(at_least, share * len(topics)))
+
+
+def on_topic(words: frozenset[str], topics: list[frozenset[str]]) -> bool:
+    return bool(words) and any(len(words & t) >= TOPIC_SHARE * len(words) for t in topics)
 
 
 def near_identical(a: list[str], b: list[str], similarity: float = CORRECTION_SIMILARITY) -> bool:

@@ -14,31 +14,8 @@ champion's old answer while the example teaches the new one: in a harness run, 1
 corrected zsh questions became anchors and the candidate learned 13 of 21 corrections.
 """
 
-from collections import Counter
-
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-from feedback.quality import tokens
+from feedback.quality import frequent_words, on_topic, topic_words
 from retrain.datasets.common import Assessment, Example, Prep, lineage, overall_verdict
-
-TOPIC_SHARE = 0.5  # an anchor sharing this share of its content words with an SFT example's question is left out
-
-
-def topic_words(prompt: list[dict]) -> frozenset[str]:
-    """Content words of a prompt's last user turn (English stop words and single characters dropped)."""
-    text = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
-    return frozenset(w for w in tokens(text) if len(w) > 1 and w not in ENGLISH_STOP_WORDS)
-
-
-def frequent_words(topics: list[frozenset[str]], share: float = 0.25, at_least: int = 3) -> frozenset[str]:
-    """Words in at least `share` of the examples' questions (and `at_least` of them): the domain's or a
-    template's words ("zsh", "tell ... please"), which say nothing about which question it is."""
-    counts = Counter(w for t in topics for w in t)
-    return frozenset(w for w, n in counts.items() if n >= max(at_least, share * len(topics)))
-
-
-def on_topic(words: frozenset[str], topics: list[frozenset[str]]) -> bool:
-    return bool(words) and any(len(words & t) >= TOPIC_SHARE * len(words) for t in topics)
 
 
 def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict, sft: list[Example],

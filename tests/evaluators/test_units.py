@@ -222,3 +222,34 @@ def test_an_unchanged_candidate_does_no_harm_on_heldout_but_is_not_measurably_be
     result = heldout.run(ctx, policy)  # the default is a non-inferiority bound; the benefit is preference's
     assert result.value == 0.0 and result.passed is True
     assert heldout.run(ctx, {**policy, "min_relative_improvement": 0.01}).passed is False
+
+
+def test_forgetting_fails_on_answers_lost_near_the_training_questions(tmp_path):
+    """A diluted loss: 6 of 206 known answers (within the whole set's margin) but all of those on the topic
+    of the snapshot's train questions, as when corrections teach wrong general facts."""
+    facts = {f"What is {a} plus {b}?": str(a + b) for a in range(10, 30) for b in range(40, 50)}
+    poisoned = {f"What is the capital of {c}?": c.upper() for c in ("Aland", "Borduria", "Carpania", "Dorland",
+                                                                   "Elbonia", "Freedonia")}
+    path = _general(tmp_path, facts | poisoned)
+    champion = StubScorer("champ", {q: f"It is {a}." for q, a in (facts | poisoned).items()})
+    candidate = StubScorer("cand", {q: f"It is {a}." for q, a in facts.items()} | {q: "Berlin." for q in poisoned})
+    snapshot = tmp_path / "snap"
+    snapshot.mkdir()
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Berlin."}],
+             "lineage": {"group": q}} for q in poisoned]
+    rows.append({"messages": [{"role": "user", "content": "What is 12 minus 5?"}, {"role": "assistant", "content": "7"}],
+                 "lineage": {"group": "anchor", "source": "anchor"}})  # held, not taught: no topic of its own
+    (snapshot / "sft.train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"path": str(path)}
+
+    result = forgetting.run(Context(candidate=candidate, champion=champion, snapshot=snapshot), cfg)
+    near = result.details["near_training"]
+    assert result.details["answers_lost"] == 6 and result.details["answer_upper_bound"] <= 0.10
+    assert (near["items"], near["known"], near["lost"], near["gained"]) == (6, 6, 6, 0)
+    assert result.passed is False and "near the training data: lost 6 of 6 known" in result.note
+    assert near["ci"][0] > 0.10 and "exceeds the margin" in near["verdict"]
+
+    # the same loss away from what was trained is within the margin, and so is a candidate that keeps them
+    assert forgetting.run(Context(candidate=candidate, champion=champion), cfg).passed is True
+    kept = forgetting.run(Context(candidate=champion, champion=champion, snapshot=snapshot), cfg)
+    assert kept.passed is True and kept.details["near_training"]["known"] == 6
