@@ -1,7 +1,9 @@
 """What the machine can do, and the training settings that follow from it.
 
-- Precision: bf16 mixed precision only on a CUDA device that supports it (on this project's CPUs TRL's
-  default `bf16=True` made a step ~14x slower); fp16 on older GPUs; fp32 on CPU.
+- Precision (`core.precision`, the rule serving uses too): bf16 mixed precision only on a GPU that runs it
+  natively (compute capability >= 8; emulated bf16 is the slow path, as on this project's CPUs, where TRL's
+  default `bf16=True` made a step ~14x slower); fp16 with loss scaling on older GPUs; fp32 on CPU. TF32 matmuls
+  only at compute capability >= 8.
 - Batch size: the largest per-device batch that fits, found with accelerate's `find_executable_batch_size`
   (halves on out-of-memory) on a real forward+backward; on CPU capped by `cpu_max_batch_size` instead (an
   out-of-memory there kills the process rather than raising).
@@ -16,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from core import precision as precision_rule
+
 log = logging.getLogger(__name__)
 
 
@@ -27,16 +31,21 @@ class Hardware:
     bf16: bool
     memory_gb: float | None
     cpu_threads: int
+    tf32: bool = False
+    capability: str | None = None  # CUDA compute capability, e.g. "9.0"
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def detect() -> Hardware:
+    """This process's device (under `accelerate launch` the rank's own GPU, once `dist.setup` has set it)."""
     if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return Hardware("cuda", torch.cuda.device_count(), props.name, torch.cuda.is_bf16_supported(),
-                        round(props.total_memory / 2**30, 1), os.cpu_count() or 1)
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        rule = precision_rule.of("cuda")
+        return Hardware("cuda", torch.cuda.device_count(), props.name, rule.dtype == torch.bfloat16,
+                        round(props.total_memory / 2**30, 1), os.cpu_count() or 1, tf32=rule.tf32,
+                        capability="{}.{}".format(*rule.capability))
     return Hardware("cpu", 1, "cpu", False, None, torch.get_num_threads())
 
 
@@ -45,7 +54,7 @@ def precision(hw: Hardware, override: bool | None = None) -> dict:
     if hw.device == "cpu":
         return {"bf16": bool(override), "fp16": False, "use_cpu": True}
     bf16 = hw.bf16 if override is None else override
-    return {"bf16": bf16, "fp16": not bf16, "tf32": True}
+    return {"bf16": bf16, "fp16": not bf16, "tf32": hw.tf32}  # fp16: the Trainer scales the loss
 
 
 def use_packing(hw: Hardware, override: bool | None = None) -> bool:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from core import precision
 from service.backends.base import (
     Backend, BadRequest, Busy, Event, Generation, SamplingParams, Started, Unavailable, generation_defaults,
 )
@@ -47,8 +48,7 @@ def load_model(base_path: str | Path, adapter_path: str | Path | None = None, de
 
 def _load(base_path: str | Path, adapter_path: str | Path | None, device: str | None):
     dev = pick_device(device)
-    dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=precision.of(dev).dtype)
     if adapter_path:
         from peft import PeftModel
 
