@@ -116,18 +116,21 @@ def chaining(config, settings: Settings, stacked: int, *, has_adapter: bool) -> 
 
 def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, str]:
     """Train every planned stage in order; return (candidate adapter dir, its base checkpoint)."""
-    from retrain.training import adapters, hardware
+    from retrain.training import adapters, dist, hardware
     from retrain.training.trainers import run_stage
 
+    dist.setup()  # under a launcher: this rank's GPU and the process group, before anything else
     with session_scope() as session:
         config = load_config(data=runs.get_run(session, run_id).config)
     out = runs.run_dir(settings, run_id)
     snapshot, champion = Path(plan["snapshot_path"]), plan["champion"]
     base_path, champ_adapter = champion["base_path"], champion["adapter_path"]
     if plan["chaining"]["mode"] == "merge" and champ_adapter:
-        base_path = str(adapters.write_merged_base(
-            champion["base_path"], champ_adapter, settings.models_dir / "merged" / champion["version"]))
-        champ_adapter = None
+        merged = settings.models_dir / "merged" / champion["version"]
+        if dist.is_main():
+            adapters.write_merged_base(champion["base_path"], champ_adapter, merged)
+        dist.barrier()
+        base_path, champ_adapter = str(merged), None
     hw = hardware.detect()
     sink = MetricsSink(run_id)
     finals: list[Path] = []
@@ -140,7 +143,7 @@ def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, 
                            eval_rows=eval_rows, out=out / "stages" / f"{i}-{method}", sink=sink,
                            search=bool(plan.get("search")) and i == 0, hw=hw, anchors=anchors)
         finals.append(out / "stages" / f"{i}-{method}" / "final")
-        if not is_main():
+        if not dist.is_main():
             continue
         with session_scope() as session:
             run = runs.get_run(session, run_id)
@@ -149,12 +152,12 @@ def train(run_id: int, settings: Settings, plan: dict[str, Any]) -> tuple[Path, 
                 k: result.get(k) for k in ("method", "steps", "train_loss", "best_eval_loss", "best_step", "evals",
                                            "underfit", "stopped_early", "resumed_from", "anchor_rows", "budget",
                                            "batch", "precision", "packing", "tokens", "seconds", "search",
-                                           "chosen_trial", "reused")}
+                                           "chosen_trial", "reused", "processes", "ranks")}
             run.metrics = metrics
             session.add(run)
         sink.flush()
     candidate = out / "candidate"
-    if is_main():
+    if dist.is_main():
         adapters.concat_adapters([champ_adapter, *finals], candidate)
         if plan["chaining"]["mode"] == "compress":
             compression = adapters.compress_adapter(candidate, plan["chaining"]["rank"])
@@ -177,11 +180,6 @@ def golden_anchors() -> list[dict]:
     return anchor_rows((load_policy().get("golden") or {}).get("path"))
 
 
-def is_main() -> bool:
-    """Rank 0 under `accelerate launch` (or the only process)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def gate(run_id: int) -> tuple[RunStatus, dict[str, Any]]:
     """The evaluators' decision as the run's final status: promoted, rejected, insufficient_evidence (not
     promoted: a required gate lacked data), or succeeded (made challenger for a canary)."""
@@ -200,12 +198,43 @@ def gate(run_id: int) -> tuple[RunStatus, dict[str, Any]]:
     return RunStatus.succeeded, decision  # e.g. made challenger for a canary
 
 
-def distributed_launch(run_id: int, hw) -> bool:
-    """On several GPUs, train under `accelerate launch` (deploy/accelerate.yaml); True when it did."""
-    if hw.device != "cuda" or hw.n_devices < 2 or os.environ.get("WORLD_SIZE"):
+def launch_command(run_id: int, hw, processes: int | None) -> list[str] | None:
+    """The launcher of the training stages over `processes` (None: one per GPU; 1 on CPU); None when one process
+    trains in this one. GPUs: `accelerate launch` with deploy/accelerate.yaml (NCCL). CPU: torchrun (gloo;
+    `accelerate launch --cpu` runs several CPU processes only through mpirun)."""
+    n = processes or (hw.n_devices if hw.device == "cuda" else 1)
+    if n < 2 or os.environ.get("WORLD_SIZE"):
+        return None
+    if hw.device == "cuda" and n > hw.n_devices:
+        raise ValueError(f"processes {n} > {hw.n_devices} GPUs: one process per GPU")
+    stages = ["hitl", "retrain", "train-stages", str(run_id)]
+    if hw.device == "cuda":
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(ROOT / "deploy" / "accelerate.yaml"), "--num_processes", str(n), "--main_process_port",
+                str(_free_port()), "-m", *stages]  # not 29500: another run may hold it
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), "-m", *stages]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def distributed_launch(run_id: int, hw, processes: int | None = None) -> bool:
+    """Train under `accelerate launch` when the run asks for several processes (or finds several GPUs); True
+    when it did. The launch is recorded in the run's `metrics.launch`."""
+    cmd = launch_command(run_id, hw, processes)
+    if cmd is None:
         return False
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "deploy" / "accelerate.yaml"),
-           "--num_processes", str(hw.n_devices), "-m", "hitl", "retrain", "train-stages", str(run_id)]
+    n = processes or hw.n_devices
+    with session_scope() as session:
+        run = runs.get_run(session, run_id)
+        run.metrics = {**copy.deepcopy(run.metrics or {}), "launch": {
+            "processes": n, "backend": "nccl" if hw.device == "cuda" else "gloo", "command": " ".join(cmd[1:])}}
+        session.add(run)
     subprocess.run(cmd, check=True)
     return True
 
@@ -263,7 +292,7 @@ def _run_locked(run_id: int, settings: Settings) -> RunStatus:
         from retrain.training import hardware
 
         hw = hardware.detect()
-        if distributed_launch(run_id, hw):
+        if distributed_launch(run_id, hw, load_config(data=_config(run_id)).processes):
             candidate = out / "candidate"
             base_path = json.loads((out / "candidate.json").read_text())["base_path"]
         else:
@@ -298,12 +327,15 @@ def _run_locked(run_id: int, settings: Settings) -> RunStatus:
 
 def train_stages(run_id: int) -> None:
     """Entry point under `accelerate launch`: every rank trains; rank 0 writes the candidate."""
+    from retrain.training import dist
+
     settings = get_settings()
     with session_scope() as session:
         plan = runs.get_run(session, run_id).plan
     candidate, base_path = train(run_id, settings, plan)
-    if is_main():
+    if dist.is_main():
         (runs.run_dir(settings, run_id) / "candidate.json").write_text(json.dumps({"base_path": base_path}))
+    dist.teardown()
 
 
 def _config(run_id: int) -> dict | None:
@@ -327,5 +359,5 @@ def execute_command(run_id: int = typer.Argument(..., help="RetrainRun id.")) ->
 
 
 def train_stages_command(run_id: int = typer.Argument(..., help="RetrainRun id.")) -> None:
-    """Train a prepared run's stages (one process per GPU under `accelerate launch`)."""
+    """Train a prepared run's stages (every rank under `accelerate launch`; what a run with processes > 1 starts)."""
     train_stages(run_id)

@@ -53,9 +53,19 @@ def _scaling(config: dict) -> float:
     return config["lora_alpha"] / (r**0.5 if config.get("use_rslora") else r)
 
 
-def concat_adapters(parts: list[str | Path], out: str | Path) -> Path:
+def require(paths: list[str | Path | None]) -> list[Path]:
+    """The adapters named (None: no adapter, e.g. a champion that is the base); a named one that is missing or
+    incomplete is an error: training or stacking without it would silently drop a stage or the champion."""
+    named = [Path(p) for p in paths if p]
+    missing = [str(p) for p in named if not is_adapter(p)]
+    if missing:
+        raise FileNotFoundError(f"adapter missing or incomplete: {', '.join(missing)}")
+    return named
+
+
+def concat_adapters(parts: list[str | Path | None], out: str | Path) -> Path:
     """Write one adapter whose delta equals the sum of the parts' deltas (rank concatenation)."""
-    parts = [Path(p) for p in parts if is_adapter(p)]
+    parts = require(parts)
     if not parts:
         raise ValueError("no adapters to combine")
     configs = [json.loads((p / ADAPTER_CONFIG).read_text()) for p in parts]
@@ -147,15 +157,16 @@ def compress_adapter(path: str | Path, rank: int, out: str | Path | None = None)
             "relative_error": (dropped / total) ** 0.5 if total > 0 else 0.0, "worst_module_error": worst}
 
 
-def load_merged(base_path: str | Path, adapters: list[str | Path], dtype: torch.dtype = torch.float32):
-    """The base checkpoint with each adapter merged in, in order (the model a new LoRA trains on)."""
+def load_merged(base_path: str | Path, adapters: list[str | Path | None], dtype: torch.dtype = torch.float32):
+    """The base checkpoint with each adapter merged in, in order (the model a new LoRA trains on); None entries
+    are skipped, a named adapter that is not there is an error."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    adapters = require(adapters)
     model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
     for adapter in adapters:
-        if is_adapter(adapter):
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     return model
 
 

@@ -164,6 +164,9 @@ class RetrainConfig:
     evaluate: bool = _help("Hand the candidate to the evaluators when training succeeds.", default=True)
     max_wall_s: float | None = _help("Stop training (keeping the best checkpoint) after this many seconds.",
                                      default=None)
+    processes: int | None = _help(
+        "Training processes (`accelerate launch`, data parallel): one per GPU over NCCL, or CPU processes over gloo "
+        "(`--cpu`); the examples per optimizer step stay the same. None: one per GPU, 1 on CPU.", default=None)
 
 
 METHODS = ("sft", "dpo", "kto")
@@ -277,6 +280,8 @@ def validate(config: RetrainConfig) -> RetrainConfig:
                                   f"{', '.join(sorted(EXTRA_ALLOWED))}")
     if not config.search_lr_factors or min(config.search_lr_factors) <= 0:
         raise ConfigError("search_lr_factors needs at least one positive factor")
+    if config.processes is not None and config.processes < 1:
+        raise ConfigError("processes must be >= 1")
     if config.save_steps < 1 or config.logging_steps < 1:
         raise ConfigError("save_steps and logging_steps must be >= 1")
     return config

@@ -8,6 +8,8 @@
   (halves on out-of-memory) on a real forward+backward; on CPU capped by `cpu_max_batch_size` instead (an
   out-of-memory there kills the process rather than raising).
 - Gradient checkpointing: only when the probe cannot fit `min_batch` rows without it.
+- Several processes: every rank probes its own GPU; all take the smallest batch (and checkpointing if any needs
+  it), and accumulation counts the processes, so the examples per optimizer step stay the same.
 - Packing (padding-free, position_ids reset per example; transformers builds the block-diagonal mask): on
   CUDA. On CPU examples are padded per batch.
 """
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from core import precision as precision_rule
+from retrain.training import dist
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def probe_step(model, seq_len: int, rows_per_example: int = 1):
 
     def step(batch_size: int) -> None:
         ids = torch.randint(0, vocab, (batch_size * rows_per_example, seq_len), device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=precision_rule.of(device).dtype, enabled=device.type == "cuda"):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         model.zero_grad(set_to_none=True)
@@ -117,12 +120,20 @@ def plan_batch(model, hw: Hardware, *, seq_len: int, effective: int, fixed: int 
             gc = True
             batch = find_batch_size(probe_step(model, seq_len, rows_per_example), start, hw)
             why += f"; gradient checkpointing on: without it fewer than {min_batch} rows fit"
-        if not gc:
+    if dist.world_size() > 1:  # every rank trains the same micro-batch, or DDP hangs
+        ranks_batch, ranks_gc = int(dist.agree_min(batch)), dist.agree_any(gc)
+        if (ranks_batch, ranks_gc) != (batch, gc):
+            why += f"; the smallest of {dist.world_size()} ranks' batches"
+        batch, gc = ranks_batch, ranks_gc
+    if hw.device == "cuda" and not fixed:
+        if gc:
+            model.gradient_checkpointing_enable()
+        else:
             model.gradient_checkpointing_disable()
         if batch == 0:
             raise MemoryError("not even one example fits in GPU memory")
     batch = min(batch, effective) if effective else batch
-    devices = max(1, hw.n_devices)
+    devices = dist.world_size() if dist.world_size() > 1 else max(1, hw.n_devices)  # processes, or DataParallel
     accumulation = max(1, -(-effective // (batch * devices)))
     batch = max(1, -(-effective // (accumulation * devices)))  # the same examples per step, in even micro-batches
     return {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,

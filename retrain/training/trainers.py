@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from retrain.training import adapters, budget, hardware
+from retrain.training import adapters, budget, dist, hardware
 from retrain.training.anchor import anchored, champion_replies
 from retrain.training.config import DPOOptions, KTOOptions, MethodConfig, RetrainConfig, SFTOptions
 
@@ -100,7 +100,8 @@ class Recorder(TrainerCallback):
                        **{k: v for k, v in logs.items() if isinstance(v, int | float)}})
 
     def on_step_end(self, args, state, control, **kw):
-        if self.deadline and time.monotonic() > self.deadline:
+        # the time left on the rank with the least of it: every rank stops at the same step
+        if self.deadline and dist.agree_min(self.deadline - time.monotonic()) < 0:
             control.should_training_stop = True
             self.stopped_early = True
 
@@ -285,6 +286,7 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
     from torch.utils.tensorboard import SummaryWriter
 
     started = time.monotonic()
+    device = dist.setup()  # the rank's own GPU, before any tensor moves
     hw = hw or hardware.detect()
     tag = tag or method
     opts = getattr(config, method)
@@ -298,7 +300,7 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
         tokenizer.pad_token = tokenizer.eos_token
     model = adapters.load_merged(base_path, merge, dtype=model_dtype(hw, config.bf16))
     if hw.device == "cuda":
-        model = model.to("cuda")
+        model = model.to(device)
     anchors = champion_replies(model, tokenizer, anchors, getattr(opts, "anchor_reply_tokens", 0))
     train_ds, eval_ds = to_trl_rows(method, train), to_trl_rows(method, eval_rows)
     plan = stage_budget(method, opts, tokenizer, train_ds, base_path)
@@ -322,26 +324,32 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
     keep_best = opts.keep == "best" and chooses
     recorder = Recorder(out, sink, tag, opts.early_stopping_patience if eval_ds and keep_best else 0,
                         config.max_wall_s, save_best=keep_best, tolerance=opts.validation_tolerance)
-    tb = TensorBoardCallback(tb_writer=SummaryWriter(str(out.parent.parent / "tb" / tag)))
+    callbacks = [recorder]
+    if dist.is_main():
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(str(out.parent.parent / "tb" / tag))))
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_ds),
                           eval_dataset=Dataset.from_list(eval_ds) if eval_ds else None,
-                          processing_class=tokenizer, peft_config=lora_config(opts), callbacks=[recorder, tb],
+                          processing_class=tokenizer, peft_config=lora_config(opts), callbacks=callbacks,
                           **({"anchor_dataset": Dataset.from_list(to_trl_rows(method, anchors)),
                               "anchor_weight": opts.anchor_weight} if anchors else {}))
     checkpoint = last_checkpoint(out / "checkpoints")
     baseline_file = out / "baseline.json"
-    if eval_ds and not baseline_file.exists():
-        recorder.paused = True
-        baseline_file.write_text(json.dumps({"eval_loss": trainer.evaluate()["eval_loss"]}))
-        recorder.paused = False
     baseline = json.loads(baseline_file.read_text())["eval_loss"] if baseline_file.exists() else None
+    if eval_ds and baseline is None:
+        recorder.paused = True
+        baseline = trainer.evaluate()["eval_loss"]  # gathered over the ranks: the same on each
+        recorder.paused = False
+        if dist.is_main():
+            baseline_file.write_text(json.dumps({"eval_loss": baseline}))
     recorder.start = baseline
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     step = trainer.state.global_step
     if eval_ds and recorder.last_eval_step != step:  # e.g. stopped by max_steps between epochs
         trainer.evaluate()
-    if not keep_best or not adapters.is_adapter(out / "best"):  # or no eval split / no improvement
+    if dist.is_main() and (not keep_best or not adapters.is_adapter(out / "best")):  # or no eval / improvement
         save_adapter(trainer.model, out / "best")
+    ranks = dist.gather({"rank": dist.rank(), "device": str(device), "steps": step, **{
+        k: batch[k] for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing")}})
     best = recorder.kept["eval_loss"] if recorder.kept and keep_best else (
         recorder.evals[-1]["eval_loss"] if recorder.evals else None)
     underfit = None
@@ -365,14 +373,15 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
                  f"last: {len(eval_ds)} validation rows < min_validation_rows {opts.min_validation_rows}"),
         "anchor_rows": len(anchors), "tokens": tokens, "seconds": round(time.monotonic() - started, 2),
         "packing": bool(getattr(args, "packing", False)), "precision": "bf16" if args.bf16 else
-        ("fp16" if args.fp16 else "fp32"),
+        ("fp16" if args.fp16 else "fp32"), "processes": dist.world_size(), "ranks": ranks,
     }
-    if trainer.is_world_process_zero():
+    if dist.is_main():
         final_tmp = out / "final.partial"
         shutil.rmtree(final_tmp, ignore_errors=True)
         shutil.copytree(out / "best", final_tmp)
         result_file.write_text(json.dumps(result, indent=2, default=str))
         final_tmp.replace(out / "final")
+    dist.barrier()  # the next stage (every rank) loads this one's final/
     del trainer, model
     return result
 
@@ -395,7 +404,8 @@ def run_stage(method: str, config: RetrainConfig, *, base_path, merge, train, ev
     for i, factor in enumerate(factors):
         elapsed = time.monotonic() - started
         last = [t["seconds"] for t in trials if "seconds" in t][-1:]
-        if last and elapsed + last[0] > config.search_max_s:  # another trial like the last one would not fit
+        # another trial like the last one would not fit (on any rank's clock: all ranks skip it together)
+        if dist.agree_any(bool(last) and elapsed + last[0] > config.search_max_s):
             trials.append({"trial": i, "lr_factor": factor,
                            "skipped": f"{elapsed:.0f} s + another trial > search_max_s {config.search_max_s:g} s"})
             continue
@@ -408,8 +418,10 @@ def run_stage(method: str, config: RetrainConfig, *, base_path, merge, train, ev
     winner = min(ran, key=lambda t: t["lowest_eval_loss"] if t["lowest_eval_loss"] is not None else math.inf)
     best = json.loads((out / f"trial-{winner['trial']}" / "result.json").read_text())
     best |= {"search": trials, "chosen_trial": winner["trial"]}
-    shutil.rmtree(out / "final.partial", ignore_errors=True)
-    shutil.copytree(out / f"trial-{winner['trial']}" / "final", out / "final.partial")
-    (out / "result.json").write_text(json.dumps(best, indent=2, default=str))
-    (out / "final.partial").replace(out / "final")
+    if dist.is_main():
+        shutil.rmtree(out / "final.partial", ignore_errors=True)
+        shutil.copytree(out / f"trial-{winner['trial']}" / "final", out / "final.partial")
+        (out / "result.json").write_text(json.dumps(best, indent=2, default=str))
+        (out / "final.partial").replace(out / "final")
+    dist.barrier()
     return best
