@@ -65,9 +65,12 @@ def anchored(trainer_cls):
                 return result
             batch = {k: v.to(self.args.device) for k, v in next(self._anchors).items()}
             feed = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
-            with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
-                champion = model(**feed).logits
-            kl = anchor_kl(model(**feed).logits, champion, batch["labels"])
+            # the anchor forwards bypass the DDP wrapper: a second forward through it before the backward left the
+            # ranks' LoRA weights apart; the one backward still sums these gradients in before they are all-reduced
+            inner = self.accelerator.unwrap_model(model)
+            with torch.no_grad(), inner.disable_adapter():
+                champion = inner(**feed).logits
+            kl = anchor_kl(inner(**feed).logits, champion, batch["labels"])
             if (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func:
                 kl = kl / self.current_gradient_accumulation_steps  # the Trainer will not divide this loss
             loss, *rest = result if return_outputs else (result,)

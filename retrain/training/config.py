@@ -132,8 +132,8 @@ class RetrainConfig:
     search_max_s: float = _help("Wall-time bound of the search: a further trial starts only when the time so far "
                                 "plus the last trial's fits in it (on a 2-core CPU one SmolLM2 trial of 30 "
                                 "corrections takes about 4 minutes, so only the first runs there).", default=300.0)
-    save_steps: int = _help("Checkpoint every N optimizer steps (a killed run resumes from the last one).",
-                            default=50)
+    save_steps: int = _help("Checkpoint every N optimizer steps, and at every evaluation (a killed run resumes "
+                            "from the last one).", default=50)
     save_total_limit: int = _help("Checkpoints kept per stage.", default=2)
     logging_steps: int = _help("Record loss / learning rate / grad norm every N steps.", default=5)
     seed: int = _help("Random seed.", default=42)

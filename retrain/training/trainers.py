@@ -6,6 +6,7 @@ each per-epoch evaluation), `final/` (the stage result, appearing atomically) an
 A stage whose `final/` exists is done and is not trained again.
 """
 
+import hashlib
 import json
 import logging
 import math
@@ -77,7 +78,12 @@ class Recorder(TrainerCallback):
     The validation split holds other questions than the train split: their loss bottoms out after a few
     passes, while the corrections themselves are learned over the next ones (what the reviewers asked for).
     Those steps are kept as long as the other questions stay non-inferior to the champion; early stopping
-    counts the evaluations beyond that."""
+    counts the evaluations beyond that.
+
+    Resume: every evaluation also saves a checkpoint, and the state above lives in `best.json`. A run killed
+    between an evaluation and its checkpoint replays the steps since the last checkpoint; an evaluation at or
+    before the last recorded one is skipped (it was counted already), except that it stops training again where
+    early stopping had stopped it."""
 
     def __init__(self, stage_dir: Path, sink: Sink | None, tag: str, patience: int, max_wall_s: float | None,
                  save_best: bool = True, tolerance: float = 0.0):
@@ -91,8 +97,14 @@ class Recorder(TrainerCallback):
         self.bad_evals = saved.get("bad_evals", 0)
         self.evals: list[dict] = saved.get("evals", [])
         self.last_eval_step = saved.get("last_eval_step", -1)
+        self.stop_step = saved.get("stop_step")  # where early stopping stopped, for a replay
         self.stopped_early = False
-        self.paused = False  # during the baseline evaluation
+        self.baseline_file = stage_dir / "baseline.json"
+        if self.baseline_file.exists():
+            self.start = json.loads(self.baseline_file.read_text())["eval_loss"]
+        # the first evaluation is the champion's (eval_on_start): inside train(), so on the DDP-wrapped model (an
+        # evaluate() before train() left the ranks' gradients unsynchronised)
+        self.measuring_start = False
 
     def on_log(self, args, state, control, logs=None, **kw):
         if state.is_world_process_zero and self.sink and logs:
@@ -107,8 +119,18 @@ class Recorder(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
         loss = (metrics or {}).get("eval_loss")
-        if self.paused or loss is None or state.global_step == self.last_eval_step:
+        if loss is None:
             return
+        if self.measuring_start:
+            self.measuring_start, self.start = False, loss
+            if state.is_world_process_zero:
+                self.baseline_file.write_text(json.dumps({"eval_loss": loss}))
+            return
+        if state.global_step <= self.last_eval_step:  # replayed after a resume
+            if self.stop_step is not None and state.global_step >= self.stop_step:
+                control.should_training_stop = self.stopped_early = True
+            return
+        control.should_save = True  # a checkpoint at every evaluation: a resume starts from the latest one
         self.last_eval_step = state.global_step
         self.evals.append({"step": state.global_step, "epoch": state.epoch, "eval_loss": loss})
         self.best = min(self.best, loss)
@@ -121,11 +143,12 @@ class Recorder(TrainerCallback):
             self.bad_evals += 1
             if self.patience and self.bad_evals >= self.patience:
                 control.should_training_stop = True
-                self.stopped_early = True
+                self.stopped_early, self.stop_step = True, state.global_step
         if state.is_world_process_zero:
             self.state_file.write_text(json.dumps({"best_eval_loss": self.best, "kept": self.kept,
                                                    "bad_evals": self.bad_evals, "evals": self.evals,
-                                                   "last_eval_step": self.last_eval_step}))
+                                                   "last_eval_step": self.last_eval_step,
+                                                   "stop_step": self.stop_step}))
             if self.sink:
                 self.sink({"stage": self.tag, "step": state.global_step, "max_steps": state.max_steps,
                            "eval_loss": loss, "epoch": state.epoch})
@@ -143,6 +166,14 @@ def save_adapter(model, target: Path) -> None:
         target.replace(old)
     tmp.replace(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def lora_digest(model) -> str:
+    """sha256 of the trainable (LoRA) weights: equal on every rank when DDP kept the replicas in step."""
+    digest = hashlib.sha256()
+    for name, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+        digest.update(name.encode() + p.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def last_checkpoint(checkpoints: Path) -> Path | None:
@@ -316,6 +347,7 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
         cpu_cap=config.cpu_max_batch_size, rows_per_example=2 if method in ("dpo", "kto") else 1,
         gradient_checkpointing=config.gradient_checkpointing)
     args = trl_args(method, opts, config, hw, batch, out, bool(eval_ds), train_ds, plan)
+    checkpoint = last_checkpoint(out / "checkpoints")
 
     from datasets import Dataset
 
@@ -324,6 +356,7 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
     keep_best = opts.keep == "best" and chooses
     recorder = Recorder(out, sink, tag, opts.early_stopping_patience if eval_ds and keep_best else 0,
                         config.max_wall_s, save_best=keep_best, tolerance=opts.validation_tolerance)
+    recorder.measuring_start = args.eval_on_start = bool(eval_ds) and recorder.start is None and checkpoint is None
     callbacks = [recorder]
     if dist.is_main():
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(str(out.parent.parent / "tb" / tag))))
@@ -332,24 +365,16 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
                           processing_class=tokenizer, peft_config=lora_config(opts), callbacks=callbacks,
                           **({"anchor_dataset": Dataset.from_list(to_trl_rows(method, anchors)),
                               "anchor_weight": opts.anchor_weight} if anchors else {}))
-    checkpoint = last_checkpoint(out / "checkpoints")
-    baseline_file = out / "baseline.json"
-    baseline = json.loads(baseline_file.read_text())["eval_loss"] if baseline_file.exists() else None
-    if eval_ds and baseline is None:
-        recorder.paused = True
-        baseline = trainer.evaluate()["eval_loss"]  # gathered over the ranks: the same on each
-        recorder.paused = False
-        if dist.is_main():
-            baseline_file.write_text(json.dumps({"eval_loss": baseline}))
-    recorder.start = baseline
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     step = trainer.state.global_step
+    baseline = recorder.start
     if eval_ds and recorder.last_eval_step != step:  # e.g. stopped by max_steps between epochs
         trainer.evaluate()
     if dist.is_main() and (not keep_best or not adapters.is_adapter(out / "best")):  # or no eval / improvement
         save_adapter(trainer.model, out / "best")
-    ranks = dist.gather({"rank": dist.rank(), "device": str(device), "steps": step, **{
-        k: batch[k] for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing")}})
+    ranks = dist.gather({"rank": dist.rank(), "device": str(device), "steps": step, "lora": lora_digest(trainer.model),
+                         **{k: batch[k] for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                                                  "gradient_checkpointing")}})
     best = recorder.kept["eval_loss"] if recorder.kept and keep_best else (
         recorder.evals[-1]["eval_loss"] if recorder.evals else None)
     underfit = None

@@ -49,7 +49,8 @@ def test_ranks_agree_on_batch_wall_clock_and_choices(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for record in ranks:
         # the smaller cap (3) on both ranks; 2 ranks x 3 rows = the 6 examples per optimizer step
-        assert (record["batch"]["per_device_train_batch_size"], record["batch"]["gradient_accumulation_steps"]) == (3, 1)
+        batch = record["batch"]
+        assert (batch["per_device_train_batch_size"], batch["gradient_accumulation_steps"]) == (3, 1)
         assert record["stopped"] is True and record["any"] is True and record["min"] == 9.0
         assert record["gathered"] == [{"rank": 0}, {"rank": 1}]
     assert "smallest of 2 ranks" in ranks[0]["batch"]["why"]
@@ -118,6 +119,7 @@ def test_a_two_process_sft_dpo_run_trains_once_and_is_gated(api, settings, tmp_p
         assert len(batches) == 1, stage["ranks"]  # both ranks trained the same micro-batches and steps
         per_device, accumulation, steps = batches.pop()
         assert per_device * accumulation * 2 == 4 and steps == 3  # 4 examples per step over 2 processes
+        assert len({r["lora"] for r in stage["ranks"]}) == 1  # gradients all-reduced: the replicas stayed equal
     assert got["gate"]["decision"] and got["gate"].get("results")  # the evaluators ran on the candidate
 
     stages = Path(run.artifacts_path) / "stages"

@@ -341,3 +341,45 @@ def test_chaining_compresses_to_the_fleet_rank_instead_of_merging():
     assert chaining(config, local, 32, has_adapter=True)["mode"] == "stack"
     assert chaining(config, local, config.max_stacked_rank + 1, has_adapter=True)["mode"] == "merge"
     assert chaining(load_config(data={"chaining": "merge"}), fleet, 8, has_adapter=True)["mode"] == "merge"
+
+
+def test_a_stage_killed_mid_way_and_between_an_evaluation_and_its_checkpoint_ends_as_if_never_killed(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """Killed after step 3 and again right after the evaluation at step 8 (before that step's checkpoint), resumed
+    each time: the same steps and evaluations as an uninterrupted stage, none counted twice, the same losses."""
+    from retrain.training.trainers import Recorder
+
+    config = load_config(data=fast_config(steps=10, save_steps=5, save_total_limit=20))
+    config.sft.evaluations, config.sft.min_validation_rows, config.sft.early_stopping_patience = 5, 2, 0
+    train, eval_rows = [ROWS["sft"](i) for i in range(8)], [ROWS["sft"](i) for i in (100, 101)]
+    stage = dict(base_path=tiny_model_dir, merge=[], train=train, eval_rows=eval_rows)
+    whole = train_stage("sft", config, out=tmp_path / "whole", **stage)
+
+    class Killed(BaseException):
+        pass
+
+    on_step_end, on_evaluate = Recorder.on_step_end, Recorder.on_evaluate
+
+    def kill_at_step_3(self, args, state, control, **kw):
+        on_step_end(self, args, state, control, **kw)
+        if state.global_step == 3:
+            raise Killed
+
+    def kill_after_evaluating_step_8(self, args, state, control, **kw):
+        on_evaluate(self, args, state, control, **kw)
+        if state.global_step == 8:
+            raise Killed  # recorded in best.json, checkpoint-8 not written
+
+    out = tmp_path / "killed"
+    for point, fault in (("on_step_end", kill_at_step_3), ("on_evaluate", kill_after_evaluating_step_8)):
+        monkeypatch.setattr(Recorder, point, fault)
+        with pytest.raises(Killed):
+            train_stage("sft", config, out=out, **stage)
+        monkeypatch.undo()
+    assert last_checkpoint(out / "checkpoints").name == "checkpoint-6"  # saved with the evaluation at step 6
+    resumed = train_stage("sft", config, out=out, **stage)
+    assert resumed["resumed_from"] == "checkpoint-6" and resumed["steps"] == whole["steps"] == 10
+    assert [e["step"] for e in resumed["evals"]] == [e["step"] for e in whole["evals"]] == [2, 4, 6, 8, 10]
+    for got, want in zip(resumed["evals"], whole["evals"]):
+        assert got["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-3)
+    assert resumed["best_step"] == whole["best_step"] and not resumed["stopped_early"]
