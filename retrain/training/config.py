@@ -165,8 +165,8 @@ class RetrainConfig:
     max_wall_s: float | None = _help("Stop training (keeping the best checkpoint) after this many seconds.",
                                      default=None)
     processes: int | None = _help(
-        "Training processes (`accelerate launch`, data parallel): one per GPU over NCCL, or CPU processes over gloo "
-        "(`--cpu`); the examples per optimizer step stay the same. None: one per GPU, 1 on CPU.", default=None)
+        "Training processes, data parallel: one per GPU (`accelerate launch`, NCCL) or CPU processes (`torchrun`, "
+        "gloo); the examples per optimizer step stay the same. None: one per GPU, 1 on CPU.", default=None)
 
 
 METHODS = ("sft", "dpo", "kto")
