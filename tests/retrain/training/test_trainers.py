@@ -383,3 +383,26 @@ def test_a_stage_killed_mid_way_and_between_an_evaluation_and_its_checkpoint_end
     for got, want in zip(resumed["evals"], whole["evals"]):
         assert got["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-3)
     assert resumed["best_step"] == whole["best_step"] and not resumed["stopped_early"]
+
+
+def test_replayed_evaluations_are_not_counted_again_and_early_stopping_stops_again(tmp_path):
+    from types import SimpleNamespace
+
+    from retrain.training.trainers import Recorder
+
+    def evaluate(recorder, step, loss):
+        control = SimpleNamespace(should_training_stop=False, should_save=False)
+        state = SimpleNamespace(global_step=step, epoch=step, is_world_process_zero=True)
+        recorder.on_evaluate(None, state, control, metrics={"eval_loss": loss})
+        return control
+
+    first = Recorder(tmp_path, None, "sft", patience=2, max_wall_s=None, save_best=False)
+    controls = [evaluate(first, step, loss) for step, loss in ((2, 1.0), (4, 1.2), (6, 1.3))]
+    assert [c.should_save for c in controls] == [True] * 3  # a checkpoint at every evaluation
+    assert controls[-1].should_training_stop and first.stop_step == 6
+    # killed before the final adapter; resumed from checkpoint-4: steps 5 and 6 are replayed
+    resumed = Recorder(tmp_path, None, "sft", patience=2, max_wall_s=None, save_best=False)
+    replay = evaluate(resumed, 4, 1.25)
+    assert not replay.should_training_stop and not replay.should_save and resumed.bad_evals == 2
+    assert evaluate(resumed, 6, 1.3).should_training_stop and resumed.stopped_early
+    assert [e["step"] for e in resumed.evals] == [2, 4, 6]
