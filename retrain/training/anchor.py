@@ -38,32 +38,50 @@ def champion_replies(model, tokenizer, anchors: list[dict], max_new_tokens: int,
             for a, reply in zip(anchors, replies)]  # an empty reply still holds where the champion stops
 
 
+def pinned(anchors: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the other anchors, the golden ones): the gate's golden prompts are a hard rule (no regression at all),
+    so one of them joins every step's anchor batch; drawn with the others, each was held once or twice a run
+    and "What is the capital of France?" came out in French after a quick demo's training."""
+    golden = [a for a in anchors if (a.get("lineage") or {}).get("origin") == "golden"]
+    return [a for a in anchors if (a.get("lineage") or {}).get("origin") != "golden"], golden
+
+
 def anchored(trainer_cls):
-    """`trainer_cls` (an SFTTrainer) with `anchor_dataset` and `anchor_weight`: each training step adds
-    `anchor_weight` × the KL on one batch of anchor rows, cycling through them."""
+    """`trainer_cls` (an SFTTrainer) with `anchor_dataset`, `pinned_dataset` and `anchor_weight`: each training
+    step adds `anchor_weight` × the KL on one batch of anchor rows, cycling through them, plus the next pinned
+    row in turn."""
 
     class AnchoredSFTTrainer(trainer_cls):
-        def __init__(self, *args, anchor_dataset=None, anchor_weight: float = 0.0, **kw):
+        def __init__(self, *args, anchor_dataset=None, pinned_dataset=None, anchor_weight: float = 0.0, **kw):
             super().__init__(*args, **kw)
             self.anchor_weight = anchor_weight
-            self._anchors: Iterator[dict] | None = None
-            if anchor_dataset is not None and len(anchor_dataset) and anchor_weight > 0:
-                prepared = self._prepare_dataset(anchor_dataset, self.processing_class, self.args, False, None,
-                                                 "anchor")
-                from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+            self._anchors: Iterator[list[dict]] | None = None
+            self._pinned: Iterator[dict] | None = None
+            if anchor_weight <= 0:
+                return
+            from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-                pad = self.processing_class.pad_token_id  # padded rows even where training packs (CUDA)
-                loader = torch.utils.data.DataLoader(
-                    prepared.select_columns(["input_ids", "labels"]), batch_size=self.args.per_device_train_batch_size,
-                    shuffle=True, collate_fn=DataCollatorForLanguageModeling(pad_token_id=pad),
-                    generator=torch.Generator().manual_seed(self.args.seed))
-                self._anchors = itertools.cycle(loader)
+            def prepare(dataset, name: str) -> list[dict]:
+                if dataset is None or not len(dataset):
+                    return []
+                return list(self._prepare_dataset(dataset, self.processing_class, self.args, False, None, name)
+                            .select_columns(["input_ids", "labels"]))
+
+            rows, pins = prepare(anchor_dataset, "anchor"), prepare(pinned_dataset, "pinned anchor")
+            self._collate = DataCollatorForLanguageModeling(pad_token_id=self.processing_class.pad_token_id)
+            if rows:  # padded rows even where training packs (CUDA)
+                self._anchors = itertools.cycle(torch.utils.data.DataLoader(
+                    rows, batch_size=self.args.per_device_train_batch_size, shuffle=True, collate_fn=list,
+                    generator=torch.Generator().manual_seed(self.args.seed)))
+            if pins:
+                self._pinned = itertools.cycle(pins)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            if self._anchors is None or not model.training:
+            if (self._anchors is None and self._pinned is None) or not model.training:
                 return result
-            batch = {k: v.to(self.args.device) for k, v in next(self._anchors).items()}
+            rows = (next(self._anchors) if self._anchors else []) + ([next(self._pinned)] if self._pinned else [])
+            batch = {k: v.to(self.args.device) for k, v in self._collate(rows).items()}
             feed = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
             # the anchor forwards bypass the DDP wrapper: a second forward through it before the backward left the
             # ranks' LoRA weights apart; the one backward still sums these gradients in before they are all-reduced

@@ -21,7 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from retrain.training import adapters, budget, dist, hardware
-from retrain.training.anchor import anchored, champion_replies
+from retrain.training.anchor import anchored, champion_replies, pinned
 from retrain.training.config import DPOOptions, KTOOptions, MethodConfig, RetrainConfig, SFTOptions
 
 log = logging.getLogger(__name__)
@@ -358,12 +358,14 @@ def _train_stage(method: str, config: RetrainConfig, *, base_path: str | Path, m
                         config.max_wall_s, save_best=keep_best, tolerance=opts.validation_tolerance)
     recorder.measuring_start = args.eval_on_start = bool(eval_ds) and recorder.start is None and checkpoint is None
     callbacks = [recorder]
+    others, golden = pinned(anchors)
     if dist.is_main():
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(str(out.parent.parent / "tb" / tag))))
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_ds),
                           eval_dataset=Dataset.from_list(eval_ds) if eval_ds else None,
                           processing_class=tokenizer, peft_config=lora_config(opts), callbacks=callbacks,
-                          **({"anchor_dataset": Dataset.from_list(to_trl_rows(method, anchors)),
+                          **({"anchor_dataset": Dataset.from_list(to_trl_rows(method, others)),
+                              "pinned_dataset": Dataset.from_list(to_trl_rows(method, golden)),
                               "anchor_weight": opts.anchor_weight} if anchors else {}))
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     step = trainer.state.global_step

@@ -238,6 +238,41 @@ def test_anchor_rows_hold_the_candidate_to_the_champion(tiny_model_dir, tmp_path
                     out=tmp_path / "leak", anchors=anchors)
 
 
+def test_golden_anchors_join_every_step(tiny_model_dir, tmp_path, monkeypatch):
+    """A golden prompt among 24 served anchors: drawn with them it would be held in a step or two of a run;
+    pinned (lineage.origin golden) it is in every step's anchor batch, besides the usual served rows."""
+    from transformers import AutoTokenizer
+
+    from retrain.training import anchor
+
+    train = [ROWS["sft"](i) for i in range(8)]
+    served = [{"messages": [{"role": "user", "content": f"Tell me about animal {i}"},
+                            {"role": "assistant", "content": f"Animal {i} is a small mammal that eats seeds."}],
+               "lineage": {"conversation_id": f"served_{i}", "source": "anchor"}} for i in range(24)]
+    rule = {"messages": [{"role": "user", "content": "What is the capital of France?"},
+                         {"role": "assistant", "content": "The capital of France is Paris."}],
+            "lineage": {"source": "anchor", "origin": "golden", "group": "golden:capital-france"}}
+    assert anchor.pinned(served + [rule]) == (served, [rule])
+    paris = AutoTokenizer.from_pretrained(tiny_model_dir)(" Paris.", add_special_tokens=False)["input_ids"]
+    batches: list[list[list[int]]] = []  # per step: the reply tokens of each anchor row
+
+    def spy(student_logits, champion_logits, labels):  # the real KL, its batch recorded
+        batches.append([[t for t in row if t != -100] for row in labels.tolist()])
+        return kl(student_logits, champion_logits, labels)
+
+    kl = anchor.anchor_kl
+    monkeypatch.setattr(anchor, "anchor_kl", spy)
+    config = load_config(data=fast_config(steps=6, sft={"max_steps": 6, "anchor_weight": 1.0, "anchor_reply_tokens": 0}))
+    result = train_stage("sft", config, base_path=tiny_model_dir, merge=[], train=train, eval_rows=[],
+                         out=tmp_path / "out", anchors=served + [rule])
+    assert result["anchor_rows"] == 25 and len(batches) >= 6
+
+    def has_paris(row: list[int]) -> bool:
+        return any(row[k:k + len(paris)] == paris for k in range(len(row)))
+
+    assert all(sum(map(has_paris, rows)) == 1 and len(rows) >= 2 for rows in batches), batches
+
+
 def test_anchor_replies_are_the_champions_greedy_replies(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
