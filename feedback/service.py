@@ -608,10 +608,12 @@ def adjudicate(session: Session, admin: User, message_id: str, scores: dict[str,
 
 
 def delete_conversation(session: Session, admin: User, conversation_id: str, reason: str | None = None) -> Deletion:
-    """Delete a conversation with its messages and feedback (cascade); record the request forever."""
+    """Delete a conversation with its messages and feedback (cascade), and the conversations holding the other
+    choices of its requests (`forked_from`); record the request forever."""
     if session.get(Conversation, conversation_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation '{conversation_id}' not found")
-    return _delete(session, admin, [conversation_id], conversation_id=conversation_id, reason=reason)
+    forks = session.exec(select(Conversation.id).where(Conversation.forked_from == conversation_id))  # n > 1
+    return _delete(session, admin, [conversation_id, *forks], conversation_id=conversation_id, reason=reason)
 
 
 def delete_end_user(session: Session, admin: User, end_user: str, reason: str | None = None) -> Deletion:

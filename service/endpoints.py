@@ -20,12 +20,13 @@ from core.db import SessionDep, get_engine, session_scope
 from core.errors import database_unavailable
 from core.settings import Settings, get_settings
 from service import service
-from service.backends import Backend, BackendError, Generation, SamplingParams, Started
+from service.backends import Backend, BackendError, Delta, Generation, SamplingParams, Started
 from service.backends.canary import CanaryBackend
 from service.metrics import CHAT_LATENCY, CHAT_REQUESTS, TOKENS
 from service.models import ConversationPublic, MessagePublic, new_id
 from service.schemas import (
-    AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, HitlInfo, ModelCard, ModelList, Usage, chunk,
+    AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, ChoiceInfo, HitlInfo, ModelCard, ModelList, Usage,
+    chunk,
 )
 
 router = APIRouter()
@@ -49,7 +50,9 @@ def sampling(body: ChatCompletionRequest, settings: Settings, target: Backend) -
                             f"max_tokens {max_tokens} exceeds the limit {settings.max_tokens_limit}")
     used = body.optional_fields()
     if unsupported := [f for f in used if f not in getattr(target, "openai_fields", ())]:
-        hint = "; HITL_BACKEND=openai or vllm passes it on" if unsupported == ["response_format"] else ""
+        legacy = {"functions", "function_call"} & set(unsupported)
+        hint = "; deprecated by OpenAI: use tools and tool_choice" if legacy else \
+            "; HITL_BACKEND=openai or vllm passes it on"
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"{', '.join(unsupported)}: not supported with HITL_BACKEND={settings.backend}{hint}")
     defaults = getattr(target, "sampling_defaults", None) or {}
@@ -62,15 +65,17 @@ def sampling(body: ChatCompletionRequest, settings: Settings, target: Backend) -
 
     return SamplingParams(temperature=pick("temperature"), top_p=pick("top_p"), max_tokens=max_tokens,
                           stop=tuple(body.stop or ()), seed=body.seed,
-                          upstream={f: body.model_dump(include={f}, exclude_none=True)[f] for f in used})
+                          upstream=body.upstream_fields())
 
 
 def check_limits(body: ChatCompletionRequest, messages: list[dict], settings: Settings) -> None:
     """Messages, content parts and characters per request (a 422 naming the limit)."""
     parts = sum(len(m.content) if isinstance(m.content, list) else 1 for m in body.messages)
+    chars = sum(len(m["content"]) + sum(len(c["function"]["arguments"]) for c in m.get("tool_calls", ()))
+                for m in messages)
     for count, limit, what in ((len(messages), settings.max_messages, "messages"),
                                (parts, settings.max_parts, "content parts"),
-                               (sum(len(m["content"]) for m in messages), settings.max_request_chars, "characters")):
+                               (chars, settings.max_request_chars, "characters")):
         if count > limit:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"at most {limit} {what} per request")
     if any(len(m["content"]) > settings.max_content_chars for m in messages):
@@ -101,15 +106,23 @@ def backend_failure(exc: Exception) -> HTTPException:
                                                       "object (JSON) or `[DONE]`"}}}}}}})
 async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, settings: SettingsDep,
                            _user: ServiceUser):
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    messages = [m.as_dict() for m in body.messages]
     check_limits(body, messages, settings)
     is_new = body.conversation_id is None
     pinned = None if is_new else await run_in_threadpool(_conversation_version, body.conversation_id)
     conversation_id = body.conversation_id or new_id("conv")
     target = route(backend, conversation_id, pinned)
     params = sampling(body, settings, target)
-    reply_id, completion_id = new_id("msg"), new_id("chatcmpl")
+    completion_id = new_id("chatcmpl")
+    # choice i is logged as reply reply_ids[i] in conversation conversation_ids[i] (the others fork the first)
+    reply_ids = [new_id("msg") for _ in range(body.n)]
+    conversation_ids = [conversation_id] + [new_id("conv") for _ in range(body.n - 1)]
     started = time.perf_counter()
+
+    def hitl_info(version: str) -> HitlInfo:
+        refs = [ChoiceInfo(index=i, conversation_id=c, message_id=m)
+                for i, (c, m) in enumerate(zip(conversation_ids, reply_ids, strict=True))] if body.n > 1 else None
+        return HitlInfo(conversation_id=conversation_id, message_id=reply_ids[0], model_version=version, choices=refs)
 
     def record(generation: Generation) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
@@ -117,13 +130,13 @@ async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, set
             with session_scope() as session:
                 service.log_exchange(
                     session, conversation_id=conversation_id, is_new=is_new, end_user=body.user,
-                    request_messages=messages, reply_id=reply_id, generation=generation, latency_ms=latency_ms,
-                    params=params,
+                    request_messages=messages, reply_ids=reply_ids, generation=generation, latency_ms=latency_ms,
+                    params=params, fork_ids=conversation_ids[1:],
                 )
         CHAT_REQUESTS.labels(generation.model_version, str(body.stream).lower()).inc()
         CHAT_LATENCY.labels(str(body.stream).lower()).observe(latency_ms / 1000)
         TOKENS.labels("prompt").inc(generation.prompt_tokens)
-        TOKENS.labels("completion").inc(generation.completion_tokens)
+        TOKENS.labels("completion").inc(sum(g.completion_tokens for g in generation.choices))
 
     if body.stream:
         events = target.stream(messages, params)
@@ -131,10 +144,10 @@ async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, set
             first = await anext(events)  # the version is fixed once decoding starts
         except Exception as exc:
             raise backend_failure(exc) from exc
-        info = HitlInfo(conversation_id=conversation_id, message_id=reply_id, model_version=first.model_version)
         return StreamingResponse(
-            _sse(events, first, info, completion_id, record,
-                 bool(body.stream_options and body.stream_options.include_usage)), media_type="text/event-stream",
+            _sse(events, first, hitl_info(first.model_version), completion_id, record,
+                 bool(body.stream_options and body.stream_options.include_usage), body.n),
+            media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
@@ -146,40 +159,61 @@ async def chat_completions(body: ChatCompletionRequest, backend: BackendDep, set
         raise failure
     return ChatCompletion(
         id=completion_id, model=generation.model_version,
-        choices=[Choice(message=AssistantMessage(content=generation.text), finish_reason=generation.finish_reason)],
-        usage=Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
-                    total_tokens=generation.prompt_tokens + generation.completion_tokens),
-        hitl=HitlInfo(conversation_id=conversation_id, message_id=reply_id, model_version=generation.model_version),
+        choices=[Choice(index=i, message=AssistantMessage(content=g.text if g.text or not g.tool_calls else None,
+                                                          tool_calls=g.tool_calls),
+                        finish_reason=g.finish_reason,
+                        logprobs={"content": g.logprobs} if g.logprobs is not None else None)
+                 for i, g in enumerate(generation.choices)],
+        usage=Usage(**usage_of(generation)), hitl=hitl_info(generation.model_version),
     )
 
 
+def usage_of(generation: Generation) -> dict:
+    """The upstream's usage as it sent it, else counted here."""
+    if generation.usage:
+        return generation.usage
+    completion = sum(g.completion_tokens for g in generation.choices)
+    return {"prompt_tokens": generation.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": generation.prompt_tokens + completion}
+
+
 async def _sse(events: AsyncIterator, first: Started, info: HitlInfo, completion_id: str,
-               record: Callable[[Generation], None], include_usage: bool = False) -> AsyncIterator[str]:
+               record: Callable[[Generation], None], include_usage: bool = False, n: int = 1) -> AsyncIterator[str]:
     """SSE chunks; a failure mid-stream ends with an error event, a client gone away keeps its partial reply.
-    The finishing chunk carries `usage`; `include_usage` adds OpenAI's usage-only chunk (empty `choices`)."""
+    Each choice opens with its role and closes with its finish reason (the last closing chunk carries `usage`);
+    `include_usage` adds OpenAI's usage-only chunk (empty `choices`)."""
     model = first.model_version
-    parts: list[str] = []
+    parts: list[list[str]] = [[] for _ in range(n)]  # each choice's streamed text, for a partial reply
     finished = False
 
     def partial(reason: str) -> Generation:  # completion_tokens counts streamed chunks (about one per token)
-        return Generation(text="".join(parts), model_version=model, prompt_tokens=first.prompt_tokens,
-                          completion_tokens=len(parts), finish_reason=reason)
+        out = [Generation(text="".join(p), model_version=model, prompt_tokens=first.prompt_tokens,
+                          completion_tokens=len(p), finish_reason=reason, index=i) for i, p in enumerate(parts)]
+        return Generation(**{**out[0].__dict__, "others": tuple(out[1:])})
 
     try:
-        yield _data(chunk(completion_id, model, {"role": "assistant", "content": ""}, hitl=info.model_dump()))
+        for i in range(n):
+            yield _data(chunk(completion_id, model, {"role": "assistant", "content": ""}, index=i,
+                              **({"hitl": info.model_dump(exclude_none=True)} if i == 0 else {})))
         async for event in events:
             if isinstance(event, str):
-                parts.append(event)
+                parts[0].append(event)
                 yield _data(chunk(completion_id, model, {"content": event}))
+            elif isinstance(event, Delta):
+                if event.index < n:
+                    parts[event.index].append(event.delta.get("content") or "")
+                yield _data(chunk(completion_id, model, event.delta, index=event.index, logprobs=event.logprobs))
             elif isinstance(event, Generation):
                 finished = True
                 if failure := await _stored(record, event):
                     yield _data({"error": {"message": failure.detail, "type": "server_error",
                                            "code": failure.status_code}})
                     return
-                usage = {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
-                         "total_tokens": event.prompt_tokens + event.completion_tokens}
-                yield _data(chunk(completion_id, model, {}, event.finish_reason, usage=usage))
+                usage = usage_of(event)
+                for g in event.choices:
+                    last = g is event.choices[-1]
+                    yield _data(chunk(completion_id, model, {}, g.finish_reason, index=g.index,
+                                      **({"usage": usage} if last else {})))
                 if include_usage:
                     yield _data({**chunk(completion_id, model, {}), "choices": [], "usage": usage})
         yield "data: [DONE]\n\n"
@@ -232,7 +266,8 @@ def read_conversation(conversation_id: str, session: SessionDep, _admin: AdminUs
     conversation = service.get_conversation(session, conversation_id)
     messages = service.conversation_messages(session, conversation_id)
     return ConversationPublic(
-        id=conversation.id, end_user=conversation.end_user, created_at=conversation.created_at,
+        id=conversation.id, end_user=conversation.end_user, forked_from=conversation.forked_from,
+        created_at=conversation.created_at,
         messages=[MessagePublic.model_validate(m, from_attributes=True) for m in messages],
     )
 

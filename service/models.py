@@ -18,6 +18,9 @@ def new_id(prefix: str) -> str:
 class Conversation(SQLModel, table=True):
     id: str = Field(default_factory=lambda: new_id("conv"), primary_key=True, max_length=40)
     end_user: str | None = Field(default=None, index=True, max_length=200, description="OpenAI `user` field")
+    forked_from: str | None = Field(default=None, index=True, max_length=40,
+                                    description="With `n` > 1: the conversation whose request this one's reply is "
+                                                "another choice of (its history is a copy of that one's)")
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -25,6 +28,11 @@ class Conversation(SQLModel, table=True):
 class MessageBase(SQLModel):
     role: str = Field(max_length=20)
     content: str = Field(sa_column=Column(Text, nullable=False))
+    tool_calls: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(JSON), description="An assistant turn's tool calls (OpenAI's `tool_calls`)")
+    tool_call_id: str | None = Field(default=None, max_length=100, description="A `tool` turn: the call it answers")
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(JSON), description="A served reply: the request's `tools`")
 
 
 class Message(MessageBase, table=True):
@@ -62,6 +70,7 @@ class MessagePublic(MessageBase):
 class ConversationPublic(SQLModel):
     id: str
     end_user: str | None
+    forked_from: str | None = None
     created_at: datetime
     messages: list[MessagePublic]
 

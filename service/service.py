@@ -28,9 +28,12 @@ def conversation_messages(session: Session, conversation_id: str) -> list[Messag
 
 def log_exchange(
     session: Session, *, conversation_id: str, is_new: bool, end_user: str | None, request_messages: list[dict],
-    reply_id: str, generation: Generation, latency_ms: float, params: SamplingParams,
+    reply_ids: list[str], generation: Generation, latency_ms: float, params: SamplingParams,
+    fork_ids: list[str] = (),
 ) -> None:
-    """Store the request's new messages and the reply, stamped with the version that wrote it.
+    """Store the request's new messages and the reply, stamped with the version that wrote it; with `n` > 1,
+    choice i (i >= 1) goes to the new conversation `fork_ids[i-1]`: a copy of the history (as the client's), then
+    that choice, so that each choice is a reply of its own to review.
 
     On the hot path of every chat, so: plain Core inserts, and an asynchronous commit (no fsync
     wait; see `_commit_without_fsync`)."""
@@ -44,25 +47,48 @@ def log_exchange(
         conversation = get_conversation(session, conversation_id)
         conversation.updated_at = now
         stored = conversation_messages(session, conversation_id)
-    rows = [{"id": new_id("msg"), "role": m["role"], "content": storable(m["content"]), "from_client": True}
-            for m in new_messages(stored, request_messages)]
-    rows.append({
-        "id": reply_id, "role": "assistant", "content": storable(generation.text), "from_client": False,
-        "model_version": generation.model_version,
-        "latency_ms": latency_ms, "prompt_tokens": generation.prompt_tokens,
-        "completion_tokens": generation.completion_tokens, "mean_logprob": generation.mean_logprob,
-        "finish_reason": generation.finish_reason,
-        "params": {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens,
-                   "stop": list(params.stop), "seed": params.seed},
-    })
-    defaults = dict.fromkeys(("model_version", "latency_ms", "prompt_tokens", "completion_tokens", "mean_logprob",
-                              "finish_reason", "params"))
-    session.execute(insert(Message.__table__), [
-        {**defaults, **row, "conversation_id": conversation_id, "position": len(stored) + i, "end_user": end_user,
-         "created_at": now}
-        for i, row in enumerate(rows)
-    ])
+    asked = [_turn(m, from_client=True) for m in new_messages(stored, request_messages)]
+    logged = {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens,
+              "stop": list(params.stop), "seed": params.seed,
+              **{k: v for k, v in params.upstream.items() if k != "tools"}}  # the OpenAI fields as sent
+    choices = generation.choices
+    for i, (conv, reply_id, choice) in enumerate(zip([conversation_id, *fork_ids], reply_ids, choices, strict=False)):
+        rows = asked
+        if i:
+            session.execute(insert(Conversation.__table__).values(
+                id=conv, end_user=end_user, forked_from=conversation_id, created_at=now, updated_at=now))
+            history = [{**_turn(_as_dict(m), from_client=True), "model_version": m.model_version} for m in stored]
+            rows = history + [{**r, "id": new_id("msg")} for r in asked]
+        reply = {
+            **_turn({"role": "assistant", "content": choice.text, "tool_calls": choice.tool_calls}, from_client=False),
+            "id": reply_id, "model_version": choice.model_version, "tools": params.upstream.get("tools"),
+            "latency_ms": latency_ms, "prompt_tokens": choice.prompt_tokens,
+            "completion_tokens": choice.completion_tokens, "mean_logprob": choice.mean_logprob,
+            "finish_reason": choice.finish_reason, "params": logged,
+        }
+        offset = 0 if i else len(stored)
+        session.execute(insert(Message.__table__), [
+            {**MESSAGE_DEFAULTS, **row, "conversation_id": conv, "position": offset + j, "end_user": end_user,
+             "created_at": now}
+            for j, row in enumerate([*rows, reply])
+        ])
     session.flush()
+
+
+MESSAGE_DEFAULTS = dict.fromkeys(("model_version", "latency_ms", "prompt_tokens", "completion_tokens", "mean_logprob",
+                                  "finish_reason", "params", "tool_calls", "tool_call_id", "tools"))
+
+
+def _turn(message: dict, from_client: bool) -> dict:
+    """A message dict as a row (a new id; content storable; the tool fields when it has them)."""
+    return {"id": new_id("msg"), "role": message["role"], "content": storable(message["content"]),
+            "from_client": from_client, "tool_calls": message.get("tool_calls") or None,
+            "tool_call_id": message.get("tool_call_id")}
+
+
+def _as_dict(message: Message) -> dict:
+    return {"role": message.role, "content": message.content, "tool_calls": message.tool_calls,
+            "tool_call_id": message.tool_call_id}
 
 
 def storable(text: str) -> str:
@@ -94,12 +120,18 @@ def _commit_without_fsync(session: Session) -> None:
 def new_messages(stored: list[Message], request: list[dict]) -> list[dict]:
     """The request's messages not yet logged: everything after the stored prefix, or, when the
     client trimmed or edited its history, the messages after its last assistant turn."""
-    stored_pairs = [(m.role, m.content) for m in stored]
-    request_pairs = [(m["role"], storable(m["content"])) for m in request]
+    stored_pairs = [_key(_as_dict(m)) for m in stored]
+    request_pairs = [_key({**m, "content": storable(m["content"])}) for m in request]
     if request_pairs[: len(stored_pairs)] == stored_pairs:
         return request[len(stored_pairs):]
     last_assistant = max((i for i, m in enumerate(request) if m["role"] == "assistant"), default=-1)
     return request[last_assistant + 1:]
+
+
+def _key(message: dict) -> tuple:
+    """What tells two turns apart: role, text, the ids of their tool calls, the call a tool turn answers."""
+    return (message["role"], message["content"], tuple(c.get("id") for c in message.get("tool_calls") or ()),
+            message.get("tool_call_id"))
 
 
 def champion(session: Session) -> ModelVersion | None:

@@ -35,8 +35,19 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Delta:
+    """An upstream's delta of choice `index` as it sent it (`content` and/or `tool_calls`), with the token
+    `logprobs` when the client asked for them."""
+
+    index: int
+    delta: dict
+    logprobs: dict | None = None
+
+
+@dataclass(frozen=True)
 class Generation:
-    """Last event of every stream: the whole reply and its statistics."""
+    """Last event of every stream: the whole reply (choice 0) and its statistics; `others`: choices 1.. of
+    a request with `n` > 1; `usage`: the upstream's own totals over all choices."""
 
     text: str
     model_version: str
@@ -45,9 +56,18 @@ class Generation:
     finish_reason: str
     mean_logprob: float | None = None
     extra: dict = field(default_factory=dict)
+    tool_calls: list[dict] | None = None  # OpenAI's `tool_calls`, arguments as the model wrote them
+    logprobs: list[dict] | None = None  # the token entries of `logprobs.content`, when the client asked
+    index: int = 0
+    others: tuple["Generation", ...] = ()
+    usage: dict | None = None
+
+    @property
+    def choices(self) -> list["Generation"]:
+        return [self, *self.others]
 
 
-Event = Started | str | Generation
+Event = Started | str | Delta | Generation
 
 
 class BackendError(Exception):
@@ -81,7 +101,7 @@ class Busy(Unavailable):
 
 
 class Backend(ABC):
-    """Yields `Started`, then text deltas (`str`), then one `Generation`.
+    """Yields `Started`, then text deltas (`str`, choice 0) or upstream deltas (`Delta`), then one `Generation`.
 
     `openai_fields`: the optional OpenAI request fields (`service.schemas.OPTIONAL_FIELDS`) it honours.
     `sampling_defaults`: temperature / top_p for requests that set none; None: leave them to the upstream."""

@@ -36,7 +36,7 @@ from openai import AsyncOpenAI
 
 from service.backends.base import Backend, BackendError, Event, SamplingParams, Unavailable
 from service.backends.canary import Spec
-from service.backends.remote import open_chat, relay, upstream_errors
+from service.backends.remote import PASSED_THROUGH, open_chat, relay, upstream_errors
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ class Fleet:
 class VllmBackend(Backend):
     """One registry version served by the fleet (champion or challenger; both share one fleet)."""
 
-    openai_fields = frozenset({"response_format"})  # vLLM's structured outputs
+    openai_fields = PASSED_THROUGH  # tools, structured outputs, n, logprobs: vLLM's own
 
     def __init__(self, fleet: Fleet, spec: Spec):
         self.fleet, self.spec = fleet, spec
@@ -295,5 +295,5 @@ class VllmBackend(Backend):
             except openai.APIError as exc:
                 with upstream_errors():
                     raise exc
-        async for event in relay(response, spec.version):
+        async for event in relay(response, spec.version, bool(params.upstream.get("logprobs"))):
             yield event

@@ -1,6 +1,7 @@
 """The OpenAI surface with the real `openai` client: requests that set no sampling use the model's
-generation_config; `response_format` (JSON schema) passes through `HITL_BACKEND=openai` to the upstream;
-`stream_options.include_usage`; and the fields a backend cannot honour are a 422 naming them."""
+generation_config; `response_format` (JSON schema), tools, tool turns, logprobs and `n` pass through
+`HITL_BACKEND=openai` to the upstream as given; `stream_options.include_usage`; and the fields a backend cannot
+honour are a 422 naming them. Against a real vLLM: test_vllm_openai.py."""
 
 import json
 from collections.abc import Iterator
@@ -92,15 +93,33 @@ def test_json_schema_through_an_openai_compatible_upstream(proxied, admin_key):
     assert seen[-1]["temperature"] == 0.3 and seen[-1]["response_format"] == {"type": "json_object"}
 
 
-def test_fields_the_upstream_path_cannot_log_yet_are_refused_by_name(proxied):
+def test_the_upstream_gets_the_openai_fields_as_given(proxied):
+    """What goes upstream (a real vLLM answers them in test_vllm_openai.py); deprecated `functions` are a 422."""
     client, seen, _ = proxied
-    before = len(seen)
     tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
-    for extra, field in (({"tools": [tool]}, "tools"), ({"tool_choice": "auto"}, "tool_choice"),
-                         ({"logprobs": True, "top_logprobs": 2}, "logprobs, top_logprobs")):
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    client.chat.completions.create(model="any", messages=history, tools=[tool], tool_choice="auto",
+                                   parallel_tool_calls=False, logprobs=True, top_logprobs=2, n=2)
+    sent = seen[-1]
+    assert sent["tools"] == [tool] and sent["tool_choice"] == "auto" and sent["parallel_tool_calls"] is False
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 2 and sent["n"] == 2
+    assert sent["messages"][1] == {"role": "assistant", "content": "", "tool_calls": history[1]["tool_calls"]}
+    assert sent["messages"][2] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
+
+    before = len(seen)
+    for extra, detail in (({"functions": [tool["function"]]}, "functions: not supported with HITL_BACKEND=openai; "
+                                                                 "deprecated by OpenAI: use tools"),
+                          ({"top_logprobs": 2}, "top_logprobs needs logprobs: true")):
         with pytest.raises(openai.UnprocessableEntityError) as err:
             client.chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}], **extra)
-        assert err.value.body["detail"].startswith(f"{field}: not supported with HITL_BACKEND=openai")
+        assert detail in str(err.value.body["detail"])
+    for bad in ({"role": "tool", "content": "sunny"}, {"role": "user", "content": "x", "tool_call_id": "c"},
+                {"role": "assistant", "content": None}, {"role": "user", "content": "x", "tool_calls": []}):
+        with pytest.raises(openai.UnprocessableEntityError):
+            client.chat.completions.create(model="any", messages=[bad])
     assert len(seen) == before  # nothing went upstream
 
 
@@ -117,14 +136,19 @@ def test_the_local_backend_uses_generation_config_and_names_what_it_cannot_do(li
     logged = api.get(f"/api/conversations/{sampled.model_extra['hitl']['conversation_id']}").json()["messages"]
     assert logged[-1]["params"]["temperature"] == 0.9
 
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     for extra, field in (({"response_format": {"type": "json_object"}}, "response_format"),
                          ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-                         ({"logprobs": True}, "logprobs")):
+                         ({"tool_choice": "none"}, "tool_choice"),
+                         ({"logprobs": True}, "logprobs"), ({"n": 2}, "n"),
+                         ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": [call]},
+                                        {"role": "tool", "tool_call_id": "c1", "content": "1"}]},
+                          "messages.tool_calls, messages.tool_call_id")):
         with pytest.raises(openai.UnprocessableEntityError) as err:
-            client.chat.completions.create(**ask, **extra)
+            client.chat.completions.create(**{**ask, **extra})
         assert err.value.body["detail"].startswith(f"{field}: not supported with HITL_BACKEND=local")
     with pytest.raises(openai.UnprocessableEntityError) as err:
-        client.chat.completions.create(**ask, n=2)
+        client.chat.completions.create(**ask, n=9)
     assert err.value.body["detail"][0]["loc"] == ["body", "n"]
     for harmless in ({"logprobs": False}, {"response_format": {"type": "text"}}):  # asks for nothing extra
         assert client.chat.completions.create(**ask, **harmless).choices[0].message.content is not None

@@ -7,7 +7,7 @@ import time
 import openai
 import pytest
 
-from service.backends import Backend, BackendError, BadRequest, Generation, SamplingParams, Started, Unavailable
+from service.backends import Backend, BackendError, BadRequest, Delta, Generation, SamplingParams, Started, Unavailable
 from service.backends.remote import RemoteBackend
 from tests.conftest import LiveServer
 
@@ -120,7 +120,8 @@ def test_remote_backend_against_our_own_server(live_server, service_key, monkeyp
     whole, events, (too_long, bad_key, unreachable) = asyncio.run(main())
     assert whole.model_version == "base" and whole.prompt_tokens > 0 and 0 < whole.completion_tokens <= 8
     assert isinstance(events[0], Started) and isinstance(events[-1], Generation)
-    assert "".join(e for e in events if isinstance(e, str)) == events[-1].text == whole.text
+    streamed = "".join(e.delta.get("content", "") for e in events if isinstance(e, Delta))  # the upstream's deltas
+    assert streamed == events[-1].text == whole.text
     assert isinstance(too_long, BadRequest) and too_long.status_code == 422
     assert bad_key.status_code == 502 and isinstance(unreachable, Unavailable)
 
