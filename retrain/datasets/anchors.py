@@ -35,7 +35,7 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict, sft
         if on_topic(topic_words(ctx.prompt) - common, topics):
             continue
         taken.add(prep.prompt_key(ctx.prompt))
-        row = {"messages": ctx.prompt + [{"role": "assistant", "content": ctx.target}],
+        row = {"messages": ctx.prompt + [ctx.reply()], **ctx.extra(),
                "lineage": lineage(ctx, [], [], source="anchor")}
         out.append(Example("sft", "train", row, f"anchor:{mid}", ctx.prompt, row["messages"][-1:]))
     return out

@@ -1,5 +1,6 @@
 """What the three builders share: exclusion-checked contexts, redaction, reviewer consensus, lineage."""
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -42,6 +43,22 @@ class Context:
     target: str  # redacted reply
     question: str = ""  # sha256 of the normalized last user turn (see split.py)
     group: str = ""  # the question group's key (split.py), shared by near-duplicate questions
+    target_calls: list[dict] | None = None  # the reply's tool calls, TRL's format (`trl_calls`)
+    tools: list[dict] | None = None  # the request's `tools`, kept on the rows
+
+    def reply(self) -> dict:
+        """The reply as TRL's conversational assistant turn (with `tool_calls` when it made any)."""
+        return {"role": "assistant", "content": self.target,
+                **({"tool_calls": self.target_calls} if self.target_calls else {})}
+
+    def said(self) -> str:
+        """What tells two replies apart: the text, then the calls."""
+        return self.target + (json.dumps(self.target_calls, sort_keys=True) if self.target_calls else "")
+
+    def extra(self) -> dict:
+        """The row's `tools` when the request had them, as a JSON string (TRL's trainers decode it for the chat
+        template; as a string, rows with differently shaped tool schemas still share one Arrow schema)."""
+        return {"tools": json.dumps(self.tools, ensure_ascii=False)} if self.tools else {}
 
 
 VOTER: dict[str, Callable[[tuple], tuple]] = {  # a row's (reply, person, kind): one vote each
@@ -115,7 +132,9 @@ class Prep:
         """Normalized (role, content) pairs of a prompt, cached per prompt object."""
         got = self._prompt_keys.get(id(prompt))
         if got is None or got[0] is not prompt:
-            got = self._prompt_keys[id(prompt)] = (prompt, tuple((m["role"], self.norm(m["content"])) for m in prompt))
+            got = self._prompt_keys[id(prompt)] = (prompt, tuple(
+                (m["role"], self.norm(m["content"]), *((json.dumps(m["tool_calls"], sort_keys=True),)
+                                                       if m.get("tool_calls") else ())) for m in prompt))
         return got[1]
 
     def weight(self, reviewer_id: int | None) -> float:
@@ -181,16 +200,57 @@ class Prep:
                     return "flagged"
         if turns[-1].role != "assistant":
             return "not_assistant"
-        prompt = [{"role": t.role, "content": self.text(t.content)} for t in turns[:-1]]
+        names = {c.get("id"): c.get("function", {}).get("name") for t in turns for c in t.tool_calls or ()}
+        prompt = [self.message(t, names) for t in turns[:-1]]
         last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), None)
         text = splitting.question_text(last_user) if last_user is not None else f"conversation {conv}"
-        ctx = Context(conv, "", prompt, message_id, self.text(turns[-1].content), splitting.question_hash(text))
+        ctx = Context(conv, "", prompt, message_id, self.text(turns[-1].content), splitting.question_hash(text),
+                      target_calls=self.trl_calls(turns[-1].tool_calls), tools=turns[-1].tools)
         self._question_texts[ctx.question] = text
         if self._assigned is not None:  # made after the assignment (not expected): only known questions
             if ctx.question not in self._assigned:
                 return "unassigned_question"
             ctx.group, ctx.split = self._assigned[ctx.question]
         return ctx
+
+    def message(self, turn, names: dict[str, str]) -> dict:
+        """A stored turn as TRL's tool-calling conversational format: an assistant turn keeps its `tool_calls`,
+        a `tool` turn its `tool_call_id` and the called function's `name`."""
+        out = {"role": turn.role, "content": self.text(turn.content)}
+        if turn.tool_calls:
+            out["tool_calls"] = self.trl_calls(turn.tool_calls)
+        if turn.tool_call_id is not None:
+            out["tool_call_id"] = turn.tool_call_id
+            if names.get(turn.tool_call_id):
+                out["name"] = names[turn.tool_call_id]
+        return out
+
+    def trl_calls(self, calls: list[dict] | None) -> list[dict] | None:
+        """OpenAI tool calls as TRL (and chat templates) take them: `arguments` a dict (its strings redacted);
+        arguments that are not a JSON object stay the string the model wrote."""
+        if not calls:
+            return None
+        out = []
+        for call in calls:
+            function = call.get("function") or {}
+            arguments = function.get("arguments", "")
+            try:
+                parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+            except ValueError:
+                parsed = None
+            arguments = self._redact_json(parsed) if isinstance(parsed, dict) else self.text(str(arguments))
+            out.append({"id": call.get("id"), "type": "function",
+                        "function": {"name": function.get("name"), "arguments": arguments}})
+        return out
+
+    def _redact_json(self, value):
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {k: self._redact_json(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._redact_json(v) for v in value]
+        return value
 
     def assign_splits(self, session) -> None:
         """Group every context the build can read (feedback targets and served replies) by question and

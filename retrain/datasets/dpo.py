@@ -1,5 +1,6 @@
 """DPO pairs: correction (chosen) vs original (rejected); pairwise comparisons of candidates; and
-two rated replies to the same context whose consensus mean scores differ by at least a margin."""
+two rated replies to the same context whose consensus mean scores differ by at least a margin. A reply's tool
+calls stay on its turn (TRL's tool-calling format) and the request's `tools` on the row."""
 
 from collections import defaultdict
 
@@ -28,10 +29,10 @@ def _from_corrections(prep: Prep, corrections: dict) -> list[Example]:
             continue
         content, ids, reviewers = resolved
         chosen = prep.text(content)
-        if normalize(chosen) == normalize(ctx.target):
+        if normalize(chosen) == normalize(ctx.target) and not ctx.target_calls:
             prep.drop("dpo", "correction_unchanged")
             continue
-        row = {"prompt": ctx.prompt, "chosen": _assistant(chosen), "rejected": _assistant(ctx.target),
+        row = {"prompt": ctx.prompt, "chosen": _assistant(chosen), "rejected": [ctx.reply()], **ctx.extra(),
                "lineage": lineage(ctx, ids, reviewers, via="correction")}
         out.append(Example("dpo", ctx.split, row, mid))
     return out
@@ -69,7 +70,7 @@ def _from_comparisons(prep: Prep) -> list[Example]:
             prep.drop("dpo", "identical_pair")
             continue
         ids = [f"comparison:{r[0]}" for r in rows]
-        row = {"prompt": ctx.prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected),
+        row = {"prompt": ctx.prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected), **ctx.extra(),
                "lineage": lineage(ctx, ids, (r[2] for r in rows), via="comparison",
                                   candidate_ids=[winner, loser])}
         out.append(Example("dpo", ctx.split, row, f"{mid}:{lo}:{hi}"))
@@ -95,9 +96,9 @@ def _from_rating_gaps(prep: Prep, assessments: dict[str, Assessment]) -> list[Ex
         members.sort(key=lambda m: (m[0], m[1]))
         best_score, best_mid, best, best_a = members[0]
         for score, mid, ctx, a in members[1:]:
-            if score - best_score < prep.options.dpo_rating_margin or normalize(best.target) == normalize(ctx.target):
+            if score - best_score < prep.options.dpo_rating_margin or normalize(best.said()) == normalize(ctx.said()):
                 continue
-            row = {"prompt": best.prompt, "chosen": _assistant(best.target), "rejected": _assistant(ctx.target),
+            row = {"prompt": best.prompt, "chosen": [best.reply()], "rejected": [ctx.reply()], **best.extra(),
                    "lineage": lineage(best, best_a.rating_ids + a.rating_ids, best_a.reviewers | a.reviewers,
                                       via="rating_gap", rejected_message_id=mid,
                                       rejected_conversation_id=ctx.conversation_id,

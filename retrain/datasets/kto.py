@@ -24,8 +24,7 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> 
         ctx = prep.context("kto", mid)
         if ctx is None:
             continue
-        row = {"prompt": ctx.prompt, "completion": [{"role": "assistant", "content": ctx.target}],
-               "label": verdict == "good",
+        row = {"prompt": ctx.prompt, "completion": [ctx.reply()], **ctx.extra(), "label": verdict == "good",
                "lineage": lineage(ctx, a.reviewer_ids + a.user_ids, a.reviewers, via="verdict")}
         out.append(Example("kto", ctx.split, row, mid, ctx.prompt, row["completion"]))
     for mid, resolved in corrections.items():
@@ -36,7 +35,7 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> 
             continue
         content, ids, reviewers = resolved
         row = {"prompt": ctx.prompt, "completion": [{"role": "assistant", "content": prep.text(content)}],
-               "label": True, "lineage": lineage(ctx, ids, reviewers, via="correction")}
+               **ctx.extra(), "label": True, "lineage": lineage(ctx, ids, reviewers, via="correction")}
         out.append(Example("kto", ctx.split, row, f"{mid}:correction", ctx.prompt, row["completion"]))
     return out
 

@@ -21,6 +21,9 @@ class Turn:
     role: str
     content: str
     finish_reason: str | None = None  # "length": the reply was cut off by max_tokens
+    tool_calls: list[dict] | None = None  # an assistant turn's calls (OpenAI's `tool_calls`)
+    tool_call_id: str | None = None  # a `tool` turn: the call it answers
+    tools: list[dict] | None = None  # a served reply: the request's `tools`
 
 
 @dataclass
@@ -100,19 +103,20 @@ def load_store(session: Session, as_of: datetime | None = None, served: int = 0,
     convs = sa.union(*parts) if len(parts) > 1 else parts[0]
     convs = sa.select(convs.subquery().c.conversation_id).distinct()
     rows = conn.execute(
-        sa.select(m.c.conversation_id, m.c.id, m.c.position, m.c.role, m.c.content, m.c.finish_reason, cv.c.end_user)
+        sa.select(m.c.conversation_id, m.c.id, m.c.position, m.c.role, m.c.content, m.c.finish_reason, cv.c.end_user,
+                  m.c.tool_calls, m.c.tool_call_id, m.c.tools)
         .join(cv, cv.c.id == m.c.conversation_id)
         .where(m.c.conversation_id.in_(convs),  # nor what a deleted end user later wrote into others' conversations
                sa.or_(m.c.end_user.is_(None), m.c.end_user.not_in(store.deleted_end_users)))
         .order_by(m.c.conversation_id, m.c.position)
     )
-    for conv, mid, pos, role, content, finish_reason, end_user in rows:
+    for conv, mid, pos, role, content, finish_reason, end_user, tool_calls, tool_call_id, tools in rows:
         turns = store.turns.get(conv)
         if turns is None:
             turns = store.turns[conv] = []
             store.conversations[conv] = end_user
         store.where[mid] = (conv, len(turns))
-        turns.append(Turn(mid, pos, role, content, finish_reason))
+        turns.append(Turn(mid, pos, role, content, finish_reason, tool_calls, tool_call_id, tools))
 
     for name, model in FEEDBACK_TABLES.items():
         store.watermark[name] = conn.execute(sa.select(sa.func.max(model.__table__.c.id))).scalar() or 0

@@ -14,6 +14,7 @@ duplicates merged); a group's split is persisted the first time it is seen and n
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -36,6 +37,7 @@ from retrain.datasets.replay import replay_rows
 from retrain.datasets.repository import load_store
 from retrain.datasets.schemas import ANCHOR, KINDS, SPLITS, BuildOptions
 
+log = logging.getLogger(__name__)
 BUILDER_VERSION = "1.0"
 DEFAULT_RUBRIC = ["correctness", "helpfulness", "tone"]
 SOURCE_RANK = {"feedback": 0, "replay": 1, "paraphrase": 2, "anchor": 3}
@@ -265,12 +267,17 @@ def _line(e: Example) -> tuple[bytes, str, dict]:
     return e.line
 
 
+def _said(m: dict) -> str:
+    """A turn's text, then its tool calls (as JSON): what it costs in tokens and what tells it apart."""
+    return m["content"] + (json.dumps(m["tool_calls"], sort_keys=True) if m.get("tool_calls") else "")
+
+
 def _tokens(e: Example, count: Callable[[str], int]) -> int:
     """Prompt + completion tokens (DPO: the longer of chosen and rejected)."""
-    n = sum(count(m["content"]) for m in e.prompt)
+    n = sum(count(_said(m)) for m in e.prompt)
     if "chosen" in e.row:
-        return n + max(count(m["content"]) for m in e.completion)
-    return n + sum(count(m["content"]) for m in e.completion)
+        return n + max(count(_said(m)) for m in e.completion)
+    return n + sum(count(_said(m)) for m in e.completion)
 
 
 def _length_filter(prep: Prep, counter: TokenCounter, cache: dict[str, int], kind: str,
@@ -279,13 +286,13 @@ def _length_filter(prep: Prep, counter: TokenCounter, cache: dict[str, int], kin
     limit = prep.options.max_tokens
     kept, doubtful = [], []
     for e in examples:
-        if not all(m["content"].strip() for m in e.completion):
+        if not all(m["content"].strip() or m.get("tool_calls") for m in e.completion):
             prep.drop(kind, "empty")
         elif _tokens(e, counter.upper_bound) <= limit:
             kept.append(e)
         else:
             doubtful.append(e)
-    need = list({m["content"] for e in doubtful for part in (e.prompt, e.completion) for m in part} - cache.keys())
+    need = list({_said(m) for e in doubtful for part in (e.prompt, e.completion) for m in part} - cache.keys())
     cache.update(zip(need, counter.count(need), strict=True))
     for e in doubtful:
         if _tokens(e, cache.__getitem__) > limit:
@@ -299,10 +306,10 @@ def _keys(prep: Prep, e: Example) -> tuple[tuple, str]:
     """(exact-duplicate key over the whole normalized content, text compared for near duplicates:
     the last user turn and the completion(s), with the KTO label)."""
     label = e.row.get("label")
-    exact = (prep.prompt_key(e.prompt), tuple((m["role"], prep.norm(m["content"])) for m in e.completion), label)
+    exact = (prep.prompt_key(e.prompt), tuple((m["role"], prep.norm(_said(m))) for m in e.completion), label)
     last_user = next((m["content"] for m in reversed(e.prompt) if m["role"] == "user"), "")
     tag = {True: "desirable", False: "undesirable"}.get(label, "")
-    return exact, "\n".join((tag, last_user, *(m["content"] for m in e.completion)))
+    return exact, "\n".join((tag, last_user, *(_said(m) for m in e.completion)))
 
 
 def _deduplicate(prep: Prep, kind: str, examples: list[Example], threshold: float) -> list[Example]:
@@ -352,6 +359,7 @@ def _index(files: dict[tuple[str, str], list[tuple]]) -> dict[str, list]:
 
 def _write(target: Path, files: dict[tuple[str, str], list[tuple]], manifest: dict[str, Any]) -> None:
     """Write into a temporary folder, then rename: a snapshot folder is complete or absent."""
+    import pyarrow as pa
     import pyarrow.json as pj
     import pyarrow.parquet as pq
 
@@ -363,7 +371,11 @@ def _write(target: Path, files: dict[tuple[str, str], list[tuple]], manifest: di
             with open(tmp / f"{k}.{s}.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(line + "\n" for _sha, line, _row in lines)
             if lines:  # same rows, parsed by pyarrow's C++ JSON reader
-                pq.write_table(pj.read_json(tmp / f"{k}.{s}.jsonl"), tmp / f"{k}.{s}.parquet")
+                try:
+                    pq.write_table(pj.read_json(tmp / f"{k}.{s}.jsonl"), tmp / f"{k}.{s}.parquet")
+                except pa.ArrowInvalid as exc:  # e.g. tool-call arguments of different types: no one schema
+                    log.warning("%s.%s: JSONL only, no Parquet: %s", k, s, exc)
+                    manifest["files"][f"{k}.{s}"]["parquet"] = None
         (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, default=str))
         if target.exists():
             shutil.rmtree(target)

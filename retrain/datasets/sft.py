@@ -2,6 +2,7 @@
 when reviewers agree it is good (every rubric dimension ≥ threshold, or a reviewer's thumbs up) and it
 was not cut off by max_tokens (training on it would teach the model to stop mid-sentence).
 
+Tool calls keep TRL's tool-calling format (`common.Prep.message`), with the request's `tools` on the row.
 `lineage.origin` says which: "correction" (a reviewer's rewrite is the target) or "approved" (the
 top-rated reply kept as is)."""
 
@@ -18,7 +19,7 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> 
         if ctx is None:
             continue
         content, ids, reviewers = resolved
-        row = {"messages": ctx.prompt + [{"role": "assistant", "content": prep.text(content)}],
+        row = {"messages": ctx.prompt + [{"role": "assistant", "content": prep.text(content)}], **ctx.extra(),
                "lineage": lineage(ctx, ids, reviewers, via="correction", origin="correction")}
         out.append(Example("sft", ctx.split, row, mid, ctx.prompt, row["messages"][-1:]))
     for mid, a in assessments.items():
@@ -37,7 +38,7 @@ def build(prep: Prep, assessments: dict[str, Assessment], corrections: dict) -> 
         if prep.store.turn(mid).finish_reason == "length":
             prep.drop("sft", "truncated")
             continue
-        row = {"messages": ctx.prompt + [{"role": "assistant", "content": ctx.target}],
+        row = {"messages": ctx.prompt + [ctx.reply()], **ctx.extra(),
                "lineage": lineage(ctx, a.reviewer_ids, a.reviewers, via="top_rated", origin="approved")}
         out.append(Example("sft", ctx.split, row, mid, ctx.prompt, row["messages"][-1:]))
     return out
