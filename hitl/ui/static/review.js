@@ -90,6 +90,17 @@
     }
   }
 
+  // a tool call as the model made it: the function's name and its arguments (pretty-printed when they are JSON)
+  function toolCall(call) {
+    const fn = call.function || {};
+    let args = fn.arguments || "";
+    try { args = JSON.stringify(JSON.parse(args), null, 2); } catch (_) { /* shown as written */ }
+    return el("div", {class: "msg-tool-call"},
+      el("div", {class: "msg-head"}, el("span", {class: "badge badge-accent", text: "tool call"}),
+        el("code", {text: fn.name || "?"}), el("span", {class: "muted small", text: call.id || ""})),
+      el("pre", {class: "msg-text", text: args}));
+  }
+
   function render(item) {
     state.item = item;
     state.expired = false;
@@ -107,7 +118,14 @@
       const head = el("div", {class: "msg-head"}, el("span", {class: "msg-role", text: m.role}));
       if (underReview) head.append(el("span", {class: "badge badge-accent", text: "reply under review"}));
       if (m.model_version) head.append(el("span", {class: "muted small", text: `model ${m.model_version}`}));
-      li.append(head, el("div", {class: "msg-text", text: m.content}));
+      if (m.tool_call_id) head.append(el("span", {class: "badge", text: `result of ${m.tool_call_id}`}));
+      if (m.content || !m.tool_calls) li.append(head, el("div", {class: "msg-text", text: m.content}));
+      else li.append(head);
+      for (const call of m.tool_calls || []) li.append(toolCall(call));
+      if (underReview && m.tools && m.tools.length) {
+        li.append(el("div", {class: "muted small", text: "tools offered: " +
+          m.tools.map(t => (t.function && t.function.name) || t.type).join(", ")}));
+      }
       list.append(li);
     }
     $("item-reason").textContent = (item.reason || "queued").replace("_", " ");
