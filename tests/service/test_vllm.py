@@ -1,6 +1,7 @@
 """hitl in front of two REAL vLLM replicas (vLLM's CPU build, SmolLM2, fp32): chat, adapters loaded on
 promotion, a hot swap under 50 concurrent chats, a canary share, rollback, retirement, and a replica that
-restarts and catches up before it takes traffic. Marked `vllm`; `make vllm-venv` installs vLLM into its own
+restarts and catches up before it takes traffic; and the OpenAI surface (tools, tool turns, JSON schema, n,
+logprobs, include_usage) through HITL_BACKEND=vllm and HITL_BACKEND=openai with the real openai client. Marked `vllm`; `make vllm-venv` installs vLLM into its own
 venv (never the project's), and the tests skip, saying so, when that venv is absent."""
 
 import json
@@ -46,7 +47,9 @@ class VllmServer:
                "HF_HUB_OFFLINE": "1", "VLLM_CPU_OMP_THREADS_BIND": str(self.cpu)}
         cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
                "--host", "127.0.0.1", "--port", str(self.port), "--enable-lora", "--max-lora-rank", "16",
-               "--max-loras", "4", "--max-model-len", "2048", "--dtype", "float32"]
+               "--max-loras", "4", "--max-model-len", "2048", "--dtype", "float32",
+               # vLLM 0.32 answers any tool_choice but "none" only with a tool-call parser set
+               "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         return self
 
@@ -263,3 +266,153 @@ def test_replica_restart_catches_up_before_traffic(front, api, service_key, repl
     assert [chat(client) for _ in range(8)] == [("v1", expected)] * 8
     assert restarted.requests_served() > served_before, "the caught-up replica takes traffic again"
     assert json.loads(json.dumps(api.get("/readyz").json()))["checks"]["model"] is True
+
+
+# ------------------------------------------------------------------------------------------ the OpenAI surface
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                          "required": ["city"]}}}]
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(params=["vllm", "openai"])
+def surface(request, settings, replicas, smollm2_dir, monkeypatch, service_key, admin_key):
+    """hitl over the first replica as a fleet (`vllm`) or as any OpenAI-compatible upstream (`openai`); the real
+    openai client against hitl, one against the replica itself, and the admin API."""
+    from core.settings import get_settings
+    from hitl.app import create_app
+
+    base_name = next(m["id"] for m in httpx.get(f"{replicas[0].url}/v1/models").json()["data"] if not m["parent"])
+    env = {"BACKEND": request.param, "BASE_MODEL": str(smollm2_dir.resolve()), "RATE_LIMIT_PER_S": "0",
+           **({"VLLM_URLS": replicas[0].url} if request.param == "vllm" else
+              {"REMOTE_BASE_URL": f"{replicas[0].url}/v1", "REMOTE_MODEL": base_name})}
+    for name, value in env.items():
+        monkeypatch.setenv(f"HITL_{name}", value)
+    get_settings.cache_clear()
+    with LiveServer(create_app()) as server:
+        if request.param == "vllm":
+            wait_serving(server.client(admin_key), ["base"])
+        yield (openai.OpenAI(base_url=f"{server.url}/v1", api_key=service_key, max_retries=0, timeout=300),
+               openai.OpenAI(base_url=f"{replicas[0].url}/v1", api_key="EMPTY", max_retries=0, timeout=300),
+               base_name, server.client(admin_key))
+    get_settings.cache_clear()
+
+
+def _logged(api, conversation_id: str) -> list[dict]:
+    return api.get(f"/api/conversations/{conversation_id}").json()["messages"]
+
+
+def _calls(calls) -> list[tuple[str, str]]:
+    return [(c.function.name, c.function.arguments) for c in calls or ()]
+
+
+def _streamed_calls(chunks) -> list[tuple[str, str]]:
+    """(name, arguments) of each tool call, assembled from streamed deltas as OpenAI clients do."""
+    calls: dict[int, tuple[str, str]] = {}
+    for c in chunks:
+        for d in (c.choices[0].delta.tool_calls or ()) if c.choices else ():
+            name, args = calls.get(d.index, ("", ""))
+            function = d.function
+            calls[d.index] = (name + ((function.name or "") if function else ""),
+                              args + ((function.arguments or "") if function else ""))
+    return [calls[i] for i in sorted(calls)]
+
+
+def test_tools_and_tool_turns_pass_through_and_are_logged(surface):
+    client, direct, base_name, api = surface
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    ask = {"messages": ASK, "tools": TOOLS, "max_tokens": 24, "temperature": 0}
+    # the same greedy request straight to vLLM and through hitl: the same calls (ids are the upstream's own)
+    for choice in (named, "required"):
+        expected = _streamed_calls(direct.chat.completions.create(model=base_name, tool_choice=choice, stream=True,
+                                                                  **ask))
+        reply = client.chat.completions.create(model="m", tool_choice=choice, **ask)
+        message = reply.choices[0].message
+        assert _calls(message.tool_calls) == expected
+        assert message.tool_calls[0].function.name == "get_weather" and message.tool_calls[0].id
+        logged = _logged(api, reply.model_extra["hitl"]["conversation_id"])[-1]
+        assert logged["tool_calls"] == [c.model_dump() for c in message.tool_calls]
+        assert logged["tools"] == TOOLS and logged["params"]["tool_choice"] == choice
+        # streamed through hitl: the same calls, delta by delta
+        assert _streamed_calls(client.chat.completions.create(model="m", tool_choice=choice, stream=True,
+                                                              **ask)) == expected
+
+    # the call's result goes back as a tool turn in the same conversation: stored once each, with its id
+    call = message.tool_calls[0]
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+               {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 degrees."}]
+    conversation = reply.model_extra["hitl"]["conversation_id"]
+    answer = client.chat.completions.create(model="m", messages=history, tools=TOOLS, max_tokens=12, temperature=0,
+                                            extra_body={"conversation_id": conversation})
+    direct_answer = direct.chat.completions.create(model=base_name, messages=history, tools=TOOLS, max_tokens=12,
+                                                   temperature=0)
+    assert answer.choices[0].message.content == direct_answer.choices[0].message.content
+    logged = _logged(api, conversation)
+    assert [(m["role"], m["tool_call_id"], bool(m["tool_calls"])) for m in logged] == [
+        ("user", None, False), ("assistant", None, True), ("tool", call.id, False), ("assistant", None, False)]
+    assert logged[-1]["content"] == answer.choices[0].message.content
+
+    # a request the upstream refuses (a named tool it was not given) stays the client's 4xx, never a 5xx
+    with pytest.raises((openai.BadRequestError, openai.UnprocessableEntityError)):
+        client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, max_tokens=4,
+                                       tool_choice={"type": "function", "function": {"name": "no_such_tool"}})
+
+
+def test_json_schema_choices_logprobs_and_usage(surface):
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        city: str
+        country: str
+
+    client, direct, base_name, api = surface
+    louvre = [{"role": "user", "content": "Where is the Louvre?"}]
+    parsed = client.chat.completions.parse(model="m", messages=louvre, response_format=City, max_tokens=60,
+                                           temperature=0)
+    city = parsed.choices[0].message.parsed  # the openai client's JSON-schema example, guided by vLLM
+    assert isinstance(city, City)
+    assert city == direct.chat.completions.parse(model=base_name, messages=louvre, response_format=City,
+                                                 max_tokens=60, temperature=0).choices[0].message.parsed
+    with client.chat.completions.stream(model="m", messages=louvre, response_format=City, max_tokens=60,
+                                        temperature=0) as stream:
+        assert stream.get_final_completion().choices[0].message.parsed == city
+    assert _logged(api, parsed.model_extra["hitl"]["conversation_id"])[-1]["params"]["response_format"]["type"] \
+        == "json_schema"
+
+    # n = 3 with logprobs: three choices, each with its top log-probs, each a reply of its own in the log
+    reply = client.chat.completions.create(model="m", messages=ASK, n=3, logprobs=True, top_logprobs=2, max_tokens=6,
+                                           temperature=1.0, seed=7)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    for choice in reply.choices:
+        assert len(choice.logprobs.content) >= 1 and len(choice.logprobs.content[0].top_logprobs) == 2
+    refs = reply.model_extra["hitl"]["choices"]
+    assert len({r["conversation_id"] for r in refs}) == 3 and refs[0]["message_id"] == reply.model_extra["hitl"][
+        "message_id"]
+    assert reply.usage.completion_tokens == direct.chat.completions.create(
+        model=base_name, messages=ASK, n=3, max_tokens=6, temperature=1.0, seed=7).usage.completion_tokens
+    for ref, choice in zip(refs, reply.choices, strict=True):
+        conversation = api.get(f"/api/conversations/{ref['conversation_id']}").json()
+        assert [m["role"] for m in conversation["messages"]] == ["user", "assistant"]
+        assert conversation["messages"][-1]["id"] == ref["message_id"]
+        assert conversation["messages"][-1]["content"] == choice.message.content
+        assert conversation["messages"][-1]["mean_logprob"] < 0
+        assert conversation["forked_from"] == (None if ref["index"] == 0 else refs[0]["conversation_id"])
+        assert api.post(f"/api/review/adjudication/{ref['message_id']}",  # each choice can be reviewed
+                        json={"scores": {"correctness": 3, "helpfulness": 3, "tone": 3}}).status_code == 201
+
+    # streamed n = 2 with include_usage: each choice's deltas by index, then the usage-only chunk
+    chunks = list(client.chat.completions.create(model="m", messages=ASK, n=2, max_tokens=6, stream=True, seed=7,
+                                                 temperature=1.0, stream_options={"include_usage": True}))
+    texts = {0: "", 1: ""}
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    refs = chunks[0].model_extra["hitl"]["choices"]
+    for ref in refs:
+        assert _logged(api, ref["conversation_id"])[-1]["content"] == texts[ref["index"]]
+
+    # a request that sets no sampling: hitl sends none, and vLLM applies the model's generation_config
+    plain = client.chat.completions.create(model="m", messages=ASK, max_tokens=8)
+    assert _logged(api, plain.model_extra["hitl"]["conversation_id"])[-1]["params"]["temperature"] is None
